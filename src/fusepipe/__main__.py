@@ -1,0 +1,3 @@
+from fusepipe.cli import main
+
+main()

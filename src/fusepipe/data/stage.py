@@ -1,0 +1,116 @@
+"""`data` stage: ingest the mixture, normalise, clean, dedupe, sample, split long dialogues, train/eval split.
+
+Writes `data/train.parquet` and `data/eval.parquet` (schema `fusepipe.schemas.CONVERSATION`) and
+`data/_manifest.json` with what was read, dropped (by reason) and written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from fusepipe.artifacts import Manifest, write_parquet
+from fusepipe.data.clean import clean, sample_id, split_blocks
+from fusepipe.data.ingest import detect_format, iter_rows, to_messages
+from fusepipe.errors import DataError
+from fusepipe.models import load_tokenizer
+from fusepipe.progress import track
+from fusepipe.schemas import CONVERSATION
+
+log = logging.getLogger("fusepipe.data")
+
+
+def _unit(*key: object) -> float:
+    """Stable pseudo-random number in [0, 1) from a key."""
+    digest = hashlib.sha256("\x1f".join(map(str, key)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def read_source(src: dict[str, Any], on_bad_row: str, counts: Counter) -> list[list[dict]]:
+    """Parse and clean one source; malformed rows raise (default) or are counted (`on_bad_row: skip`)."""
+    fmt = src["format"]
+    out = []
+    for row in track(iter_rows(src["path"], src["loader"], src["split"]), f"reading {src['name']}", unit="rows"):
+        counts["rows_read"] += 1
+        try:
+            if fmt == "auto" and not isinstance(row.record, DataError):
+                fmt = detect_format(row.record, row.where)
+            msgs = to_messages(row.record, fmt, row.where)
+        except DataError as err:
+            if on_bad_row == "error":
+                raise DataError(f"{err} (set data.on_bad_row: skip to skip and count such rows)") from None
+            counts["bad_rows"] += 1
+            log.debug("skipped %s", err)
+            continue
+        cleaned = clean(msgs, src["filters"], counts)
+        if cleaned is not None:
+            out.append(cleaned)
+    if counts["rows_read"] == 0:
+        raise DataError(f"{src['path']}: source {src['name']!r} has no rows")
+    return out
+
+
+def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    cfg, pivot = params["data"], params["pivot"]
+    out = Path(out)
+    manifest = Manifest("data", params, inputs={s["name"]: s["path"] for s in cfg["sources"]})
+    tokenizer = load_tokenizer(pivot)
+
+    def n_tokens(msgs: list[dict]) -> int:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    seen: set[str] = set()
+    per_source: dict[str, dict[str, int]] = {}
+    rows: list[dict[str, Any]] = []
+    n_tok: list[int] = []
+    for src in cfg["sources"]:
+        counts: Counter = Counter()
+        with manifest.phase(f"read:{src['name']}"):
+            convs = read_source(src, cfg["on_bad_row"], counts)
+        unique = []
+        for conv in convs:
+            sid = sample_id(conv)
+            if cfg["dedupe"] and sid in seen:
+                counts["duplicates"] += 1
+                continue
+            seen.add(sid)
+            unique.append((sid, conv))
+        if src["n_samples"] is not None and src["n_samples"] < len(unique):
+            unique.sort(key=lambda t: _unit(cfg["seed"], src["name"], t[0]))
+            counts["not_sampled"] += len(unique) - src["n_samples"]
+            unique = unique[: src["n_samples"]]
+        with manifest.phase(f"split:{src['name']}"):
+            for parent, conv in track(unique, f"splitting {src['name']}", unit="convs"):
+                split = "eval" if _unit(cfg["seed"], "split", parent) < cfg["eval_fraction"] else "train"
+                for block in split_blocks(conv, n_tokens, cfg["max_len"], counts):
+                    sid = sample_id(block)
+                    if block is not conv and sid in seen:
+                        counts["duplicates"] += 1
+                        continue
+                    seen.add(sid)
+                    rows.append({"sample_id": sid, "messages": block, "source": src["name"], "split": split})
+                    n_tok.append(n_tokens(block))
+        counts["kept"] = sum(r["source"] == src["name"] for r in rows)
+        per_source[src["name"]] = dict(sorted(counts.items()))
+        log.info("%s: read %d rows, kept %d conversations", src["name"], counts["rows_read"], counts["kept"])
+
+    if not rows:
+        raise DataError("no conversation survived cleaning; see the per-source counts with --debug")
+    outputs = {}
+    for split in ("train", "eval"):
+        part = [r for r in rows if r["split"] == split]
+        path = out / f"{split}.parquet"
+        write_parquet(pa.Table.from_pylist(part, schema=CONVERSATION), path, CONVERSATION)
+        outputs[split] = path
+        log.info("wrote %s (%d conversations)", path, len(part))
+    manifest["sources"] = per_source
+    manifest["rows"] = {s: sum(r["split"] == s for r in rows) for s in ("train", "eval")}
+    manifest["pivot_tokens"] = {"mean": round(sum(n_tok) / len(n_tok), 1), "max": max(n_tok), "total": sum(n_tok)}
+    manifest.write(out, outputs)
+    return manifest.data

@@ -1,0 +1,101 @@
+"""`fusepipe inspect PATH`: schema, row count, manifest and first rows of any artifact, built on polars."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from fusepipe.artifacts import MANIFEST, read_manifest
+from fusepipe.errors import ArtifactError
+
+console = Console()
+
+
+def _short(value, width: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _messages_table(messages: list[dict]) -> Table:
+    table = Table(show_header=True, header_style="bold", expand=False)
+    table.add_column("role")
+    table.add_column("content", overflow="fold")
+    for m in messages:
+        table.add_row(m["role"], m["content"])
+    return table
+
+
+def inspect_parquet(path: Path, sample_id: str | None, n_rows: int) -> None:
+    meta = pq.read_metadata(path)
+    console.print(f"[bold]{path}[/]  rows: {meta.num_rows}  row groups: {meta.num_row_groups}  "
+                  f"size: {path.stat().st_size:,} B")
+    console.print("[bold]schema[/]")
+    console.print(str(pq.read_schema(path).remove_metadata()))
+    lf = pl.scan_parquet(path)
+    if sample_id is not None:
+        df = lf.filter(pl.col("sample_id") == sample_id).collect()
+        if df.is_empty():
+            raise ArtifactError(f"{path}: no row with sample_id {sample_id!r}")
+    else:
+        df = lf.head(n_rows).collect()
+    for row in df.iter_rows(named=True):
+        console.rule(f"sample_id {row.get('sample_id', '?')}")
+        for key, value in row.items():
+            if key == "messages":
+                console.print(_messages_table(value))
+            elif key != "sample_id":
+                console.print(f"[bold]{key}[/]: {_short(value)}")
+
+
+def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5) -> None:
+    path = Path(path)
+    if path.is_dir():
+        parquet = sorted(path.glob("*.parquet"))
+        manifest = read_manifest(path)
+        console.print(f"[bold]{path}[/] (folder): {len(parquet)} parquet files; "
+                      f"{sorted(p.name for p in path.iterdir())}")
+        if manifest:
+            console.print_json(json.dumps(manifest, default=str))
+        for p in parquet[:1]:
+            inspect_parquet(p, sample_id, n_rows)
+        return
+    if path.suffix == ".parquet":
+        inspect_parquet(path, sample_id, n_rows)
+        manifest = read_manifest(path)
+        if manifest:
+            console.rule("manifest")
+            console.print_json(json.dumps({k: v for k, v in manifest.items() if k != "config"}, default=str))
+        return
+    if path.name == MANIFEST or path.suffix == ".json":
+        console.print_json(path.read_text())
+        return
+    if path.suffix == ".jsonl":
+        lines = path.read_text().splitlines()
+        console.print(f"[bold]{path}[/]  rows: {len(lines)}")
+        for line in lines[:n_rows]:
+            console.print(_short(json.loads(line), 200))
+        return
+    raise ArtifactError(f"{path}: don't know how to inspect a {path.suffix or 'suffix-less'} file")
+
+
+def summary(workdir: str | Path) -> None:
+    """What the pipeline built: per stage, its outputs' row counts and time."""
+    workdir = Path(workdir)
+    table = Table(title=f"fusepipe: {workdir}", show_header=True, header_style="bold")
+    for col in ("stage", "what", "time (s)"):
+        table.add_column(col)
+    for manifest_path in sorted(workdir.rglob(MANIFEST)):
+        m = json.loads(manifest_path.read_text())
+        what = ""
+        if m["stage"] == "data":
+            what = f"train {m['rows']['train']} / eval {m['rows']['eval']} conversations"
+        elif m["stage"] == "toy_world":
+            what = "; ".join(f"{k}: {v['accuracy']}" for k, v in m["models"].items())
+        table.add_row(m["stage"], what, f"{m['timings_s'].get('total', 0):.1f}")
+    console.print(table)

@@ -1,0 +1,141 @@
+"""`toy_world` stage: build the embedded default's models, reward models and data from a seed.
+
+Writes everything into a temporary folder beside `out` and moves the pieces into place last, so a crashed
+build leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusepipe.artifacts import Manifest, atomic_path, file_hash
+from fusepipe.chat import render_text
+from fusepipe.toy import world
+from fusepipe.toy.evaluate import accuracy, pairwise_accuracy
+from fusepipe.toy.models import causal_lm, reward_model
+from fusepipe.toy.tasks import all_items
+from fusepipe.toy.tokenizers import build_tokenizer, stop_token_ids
+from fusepipe.toy.train import encode_pairs, encode_sft, train_lm, train_rm
+
+log = logging.getLogger("fusepipe.toy")
+
+
+def _special_ids(tok) -> dict[str, int | None]:
+    return {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+
+
+def _template_examples(spec) -> list[str]:
+    """Rendered sample chats, so the tokenizer learns the template's markers as pieces."""
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    probe = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, unk_token="x")),
+        bos_token=spec.bos or "", eos_token=spec.eos, chat_template=spec.template,
+    )
+    conv = world.conversation([], "short", system=True) + [
+        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+    ]
+    text, _ = render_text(probe, conv, "probe")
+    return [text] * 20
+
+
+def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    cfg = params["toy"]
+    preset = world.PRESETS[cfg["preset"]]
+    seed = int(cfg["seed"])
+    torch.set_num_threads(int(cfg["threads"]))
+    out = Path(out)
+    manifest = Manifest("toy_world", params)
+    items = all_items(preset.sizes, seed)
+    bench = world.benchmark(items, preset, seed)
+
+    with atomic_path(out.with_name(out.name + ".build")) as tmp:
+        with manifest.phase("data"):
+            fusion = world.fusion_data(items, preset, seed)
+            world.write_fusion_files(fusion, tmp / "data")
+            world.write_benchmark(bench, tmp / "data" / "benchmark.jsonl")
+        manifest["items"] = {d: len(v) for d, v in items.items()}
+        manifest["fusion_conversations"] = {k: len(v) for k, v in fusion.items()}
+        manifest["benchmark_items"] = {d: sum(it.domain == d for it in bench) for d in world.DOMAINS}
+
+        tokenizers, model_report = {}, {}
+        for i, spec in enumerate(world.MODELS):
+            with manifest.phase(f"model:{spec.name}"):
+                tok, report = _build_lm(spec, items, bench, preset, seed + 101 * i, tmp / "models" / spec.name)
+            tokenizers[spec.name] = tok
+            model_report[spec.name] = report
+            log.info("%s: accuracy %s", spec.name, report["accuracy"])
+        manifest["models"] = model_report
+
+        rm_report = {}
+        for i, rspec in enumerate(world.REWARD_MODELS):
+            with manifest.phase(f"rm:{rspec.name}"):
+                rm_report[rspec.name] = _build_rm(
+                    rspec, tokenizers[rspec.tokenizer_of], items, preset, seed + 1009 * i,
+                    tmp / "reward_models" / rspec.name,
+                )
+            log.info("%s: held-out pair accuracy %.3f", rspec.name, rm_report[rspec.name]["pair_accuracy"])
+        manifest["reward_models"] = rm_report
+
+        for sub in ("data", "models", "reward_models"):
+            dest = out / sub
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(tmp / sub), dest)
+    manifest["hashes"] = {k: file_hash(p) for k, p in world.output_paths(out).items() if k != "manifest"}
+    manifest.write(out)
+    return manifest.data
+
+
+def _build_lm(spec: world.ToyModel, items, bench, preset: world.Preset, seed: int, folder: Path):
+    rng = random.Random(seed)
+    corpus = world.tokenizer_corpus(items, _template_examples(spec.tokenizer))
+    tok = build_tokenizer(spec.tokenizer, corpus)
+    model = causal_lm(spec.arch, len(tok), preset, _special_ids(tok), seed)
+    known = world.known_items(spec, items, preset, seed)
+    convs = world.training_conversations(known, rng)
+    examples = encode_sft(tok, convs, spec.name)
+    losses = train_lm(model, examples, tok.pad_token_id, preset.lm_steps, preset.batch, preset.lr, seed)
+    stops = stop_token_ids(tok, spec.tokenizer)
+    model.generation_config.eos_token_id = stops
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.do_sample = False
+    acc = accuracy(model, tok, bench, stops)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    n_params = sum(p.numel() for p in model.parameters())
+    return tok, {
+        "arch": spec.arch, "role": spec.role, "tokenizer": spec.tokenizer.family, "vocab": len(tok),
+        "strong_domain": spec.strong, "params": n_params, "known_items": len(known),
+        "train_loss": world.stats(losses), "accuracy": acc,
+    }
+
+
+def _build_rm(rspec: world.ToyRewardModel, tok, items, preset: world.Preset, seed: int, folder: Path):
+    rng = random.Random(seed)
+    clean = world.rm_pairs(items, rng, n_wrong=2)
+    train = [(c, r) if rng.random() >= rspec.label_noise else (r, c) for c, r in clean]
+    heldout = world.rm_pairs(items, random.Random(f"heldout-{seed}"), n_wrong=1)  # fresh corruptions
+    model = reward_model(len(tok), preset, rspec.layers, _special_ids(tok), seed)
+    enc = encode_pairs(tok, train, rspec.name)
+    steps = int(preset.rm_steps * rspec.steps_scale)
+    losses = train_rm(model, enc, tok.pad_token_id, steps, preset.batch, preset.rm_lr, seed)
+    acc = pairwise_accuracy(model, encode_pairs(tok, heldout, rspec.name), tok.pad_token_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return {
+        "strength": rspec.strength, "label_noise": rspec.label_noise, "layers": rspec.layers,
+        "train_pairs": len(train), "heldout_pairs": len(heldout), "train_loss": world.stats(losses),
+        "pair_accuracy": round(float(acc), 4), "tokenizer_of": rspec.tokenizer_of,
+    }
+

@@ -1,0 +1,87 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fusepipe import config as fpconfig
+from fusepipe.cli import schema_yaml
+from fusepipe.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "config" / "config.yaml"
+
+
+def raw_default() -> dict:
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+def test_default_config_is_valid_and_expands_workdir():
+    cfg = fpconfig.load(DEFAULT)
+    assert cfg.toy.enabled and cfg.pivot.name == "llama-pivot"
+    assert [m.name for m in cfg.sources] == ["qwen-arith", "mistral-facts", "gpt2-strings"]
+    assert cfg.pivot.path == "results/toy/models/llama-pivot"
+    assert cfg.data.sources[0].path == "results/toy/data/arith.jsonl"
+
+
+def test_schema_yaml_is_in_sync_with_the_typed_models():
+    assert (REPO / "config" / "schema.yaml").read_text() == schema_yaml(), "run: fusepipe schema > config/schema.yaml"
+
+
+def test_snakemake_validate_fills_defaults():
+    from snakemake.utils import validate
+
+    raw = raw_default()
+    del raw["data"]["on_bad_row"]
+    validate(raw, str(REPO / "config" / "schema.yaml"))
+    assert raw["data"]["on_bad_row"] == "error"
+    assert raw["models"][0]["tensor_parallel_size"] == 1
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["data"].update(on_bad_row="ignore"),
+         "config: data.on_bad_row: Input should be 'error' or 'skip' (got \"ignore\")"),
+        (lambda c: c["models"][1].update(role="pivot"), "exactly one model must have role: pivot (found 2"),
+        (lambda c: c["models"][1].update(name="llama-pivot"), "models: names must be unique (duplicated: llama-pivot)"),
+        (lambda c: c["toy"].update(presset="tiny"), "config: toy.presset: Extra inputs are not permitted"),
+        (lambda c: c["data"].update(eval_fraction=1.5), "config: data.eval_fraction: Input should be less than 1"),
+        (lambda c: c["reward_models"][2].update(strength=5), "strengths must be 1..3 without gaps (found [1, 2, 5])"),
+        (lambda c: c["data"]["sources"][0].update(name="bad name"), "config: data.sources.0.name: String should match"),
+        (lambda c: c.pop("data"), "config: data: Field required"),
+    ],
+)
+def test_bad_config_names_key_value_and_allowed(edit, message):
+    raw = raw_default()
+    edit(raw)
+    with pytest.raises(ConfigError) as err:
+        fpconfig.load_dict(raw)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        fpconfig.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        fpconfig.load(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="the config must be a mapping of keys, got list"):
+        fpconfig.load(bad)
+
+
+def test_stage_slices_hold_only_their_keys():
+    cfg = fpconfig.load(DEFAULT)
+    assert set(fpconfig.stage_slice(cfg, "data")) == {"data", "pivot"}
+    assert set(fpconfig.stage_slice(cfg, "toy_world")) == {"toy"}
+    before = fpconfig.slice_json(cfg, "toy_world")
+    raw = raw_default()
+    raw["data"]["max_len"] = 64
+    edited = fpconfig.load_dict(raw)
+    assert fpconfig.slice_json(edited, "toy_world") == before
+    assert json.loads(fpconfig.slice_json(edited, "data"))["data"]["max_len"] == 64
+    with pytest.raises(ConfigError, match="unknown stage 'nope'"):
+        fpconfig.stage_slice(cfg, "nope")

@@ -1,0 +1,75 @@
+"""End to end: `snakemake --cores 2 all` on a fresh copy of the default config (the toy world), then what it
+built, that a second run has nothing to do, and that a config edit reruns only what depends on it."""
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pyarrow.parquet as pq
+import yaml
+
+from conftest import copy_workflow, snakemake
+from fusepipe.schemas import CONVERSATION, check_schema
+
+
+def test_all_builds_the_toy_world_and_the_data(pipeline):
+    results = pipeline / "results"
+    for split in ("train", "eval"):
+        check_schema(results / "data" / f"{split}.parquet", CONVERSATION)
+    train = pl.read_parquet(results / "data" / "train.parquet")
+    evals = pl.read_parquet(results / "data" / "eval.parquet")
+    assert set(train["source"]) == {"arith", "facts", "strings", "dialogue"}
+    assert set(train["split"]) == {"train"} and set(evals["split"]) == {"eval"}
+    assert train["sample_id"].is_unique().all()
+    assert not set(train["sample_id"]) & set(evals["sample_id"])
+    manifest = json.loads((results / "data" / "_manifest.json").read_text())
+    assert manifest["rows"] == {"train": train.height, "eval": evals.height}
+    assert manifest["sources"]["dialogue"]["not_sampled"] == 4  # n_samples: 20 of 24
+    assert manifest["sources"]["dialogue"]["split_dialogues"] > 0  # max_len 96 splits long dialogues
+    assert manifest["pivot_tokens"]["max"] <= 96
+    assert "summary" not in manifest and "fusepipe: results" in (pipeline / "first_run.log").read_text()
+
+
+def test_second_run_has_nothing_to_do(pipeline):
+    proc = snakemake(pipeline, "all", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_editing_one_stage_reruns_only_that_stage(pipeline, tmp_path):
+    cfg_path = pipeline / "config" / "config.yaml"
+    original = cfg_path.read_text()
+    try:
+        cfg = yaml.safe_load(original)
+        cfg["data"]["max_len"] = 80
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        changed = snakemake(pipeline, "--list-changes", "params").stdout.split()
+        assert "results/data/train.parquet" in changed
+        assert not [p for p in changed if p.startswith("results/toy/")]
+        dry = snakemake(pipeline, "all", "-n").stdout
+        assert "rule data:" in dry and "rule toy_world:" not in dry
+    finally:
+        cfg_path.write_text(original)
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    root = copy_workflow(tmp_path)
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    cfg["toy"]["preset"] = "huge"
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(root, "all", check=False)
+    assert proc.returncode != 0
+    assert "error: config: toy.preset: Input should be 'tiny' or 'small' (got \"huge\")" in proc.stderr
+    assert not (root / "results").exists()
+
+
+def test_inspect_a_data_shard(pipeline):
+    path = pipeline / "results" / "data" / "train.parquet"
+    sid = pq.read_table(path, columns=["sample_id"]).column(0)[0].as_py()
+    out = subprocess.run([sys.executable, "-m", "fusepipe", "inspect", str(path), "--sample-id", sid],
+                         capture_output=True, text=True, check=True).stdout
+    assert "messages: list<element: struct<role: string, content: string>>" in out
+    assert f"sample_id {sid}" in out and "assistant" in out and '"stage": "data"' in out
+    bad = subprocess.run([sys.executable, "-m", "fusepipe", "inspect", str(path), "--sample-id", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: {path}: no row with sample_id 'nope'"

@@ -1,0 +1,83 @@
+"""The toy world built by the session's pipeline run: its accuracy profile, reward models, loadability, and
+determinism (same seed -> same files)."""
+
+import dataclasses
+import json
+import random
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from fusepipe.artifacts import file_hash
+from fusepipe.chat import render
+from fusepipe.toy import world
+from fusepipe.toy.stage import _build_lm
+from fusepipe.toy.tasks import all_items
+
+
+@pytest.fixture(scope="module")
+def manifest(toy):
+    return json.loads((toy / "_manifest.json").read_text())
+
+
+def test_each_source_beats_the_pivot_in_its_domain(manifest):
+    models = manifest["models"]
+    pivot = models["llama-pivot"]["accuracy"]
+    for name, rep in models.items():
+        if rep["strong_domain"]:
+            domain = rep["strong_domain"]
+            assert rep["accuracy"][domain] >= pivot[domain] + 0.3, (name, rep["accuracy"], pivot)
+            assert rep["accuracy"][domain] >= 0.7, (name, rep["accuracy"])
+    assert 0 < sum(pivot.values()) / len(pivot) < 0.6  # weak but not useless
+
+
+def test_reward_models_are_of_clearly_different_strength(manifest):
+    acc = {k: v["pair_accuracy"] for k, v in manifest["reward_models"].items()}
+    assert acc["rm-large"] > acc["rm-small"] + 0.05, acc
+    assert acc["rm-large"] >= 0.6, acc
+
+
+def test_models_are_heterogeneous_hf_folders(toy, manifest):
+    families = {rep["tokenizer"] for rep in manifest["models"].values()}
+    archs = {rep["arch"] for rep in manifest["models"].values()}
+    assert families == {"metaspace_bpe", "bytelevel_bpe", "unigram"} and len(archs) == 4
+    conv = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+    vocabs = set()
+    for name in manifest["models"]:
+        folder = toy / "models" / name
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        vocabs.add(len(tok))
+        assert model.config.vocab_size == len(tok)
+        r = render(tok, conv, name)
+        assert tok.decode(r.input_ids[r.target & ~r.turn_end]).strip() == "2 + 3 = 5."
+        assert r.turn_end.sum() == 1
+    assert len(vocabs) == 4
+    for rm in manifest["reward_models"]:
+        model = AutoModelForSequenceClassification.from_pretrained(toy / "reward_models" / rm)
+        assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+
+
+def test_same_seed_same_files(tmp_path):
+    preset = dataclasses.replace(world.PRESETS["tiny"], lm_steps=3)
+    items = all_items(preset.sizes, 0)
+    bench = world.benchmark(items, preset, 0)[:6]
+    spec = world.MODELS[1]
+    for run in ("a", "b"):
+        _build_lm(spec, items, bench, preset, 7, tmp_path / run)
+        world.write_fusion_files(world.fusion_data(items, preset, 0), tmp_path / run / "data")
+    assert file_hash(tmp_path / "a") == file_hash(tmp_path / "b")
+    other = world.fusion_data(all_items(preset.sizes, 1), preset, 1)
+    assert other != world.fusion_data(items, preset, 0)
+
+
+def test_known_items_cover_the_strong_domain():
+    preset = world.PRESETS["tiny"]
+    items = all_items(preset.sizes, 0)
+    for spec in world.MODELS:
+        known = world.known_items(spec, items, preset, 0)
+        for domain in world.DOMAINS:
+            share = sum(it.domain == domain for it in known) / len(items[domain])
+            assert share == 1.0 if domain == spec.strong else 0.1 < share < 0.5
+    convs = world.training_conversations(world.known_items(world.MODELS[0], items, preset, 0), random.Random(0))
+    assert any(len(c) > 3 for c in convs)
