@@ -11,10 +11,10 @@ CORES ?= 2
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/cpu.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[cpu,slurm,dev]"
+	$(BIN)/pip install --quiet -c requirements/cpu.lock -e ".[cpu,slurm,dev]"
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
 	touch $@
 

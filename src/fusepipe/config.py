@@ -101,7 +101,7 @@ class ToyConfig(Strict):
     enabled: bool = False
     preset: Literal["tiny", "small"] = "tiny"
     seed: int = 0
-    threads: int = Field(default=2, ge=1, description="Torch threads used to train the toy models.")
+    threads: int = Field(default=1, ge=1, description="Torch threads used to train the toy models.")
 
 
 class Config(Strict):
