@@ -44,10 +44,14 @@ def test_editing_one_stage_reruns_only_that_stage(pipeline, tmp_path):
         cfg["data"]["max_len"] = 80
         cfg_path.write_text(yaml.safe_dump(cfg))
         changed = snakemake(pipeline, "--list-changes", "params").stdout.split()
-        assert "results/data/train.parquet" in changed
-        assert not [p for p in changed if p.startswith("results/toy/")]
+        assert {"results/data/train.parquet", "results/data/eval.parquet"} <= set(changed)
+        # Snakemake 9.27 also prints the last output of every *unchanged* job here (ParamsChange.__or__ returns
+        # its right operand, files included, when the left has no change): for toy_world that is its manifest.
+        # The dry run below is exact.
+        assert not [p for p in changed if p.startswith("results/toy/") and p != "results/toy/_manifest.json"]
         dry = snakemake(pipeline, "all", "-n").stdout
         assert "rule data:" in dry and "rule toy_world:" not in dry
+        assert "Params have changed since last execution" in dry
     finally:
         cfg_path.write_text(original)
 
@@ -73,3 +77,10 @@ def test_inspect_a_data_shard(pipeline):
     bad = subprocess.run([sys.executable, "-m", "fusepipe", "inspect", str(path), "--sample-id", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: {path}: no row with sample_id 'nope'"
+
+
+def test_slurm_profile_plans_the_same_jobs(pipeline):
+    """`snakemake --profile slurm` from the repository root: the profile parses, the executor plugin loads, and
+    (nothing being out of date) it plans no job."""
+    proc = snakemake(pipeline, "--profile", "slurm", "all", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr

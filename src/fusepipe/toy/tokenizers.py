@@ -56,8 +56,8 @@ class TokenizerSpec:
 
 
 def _specials(spec: TokenizerSpec) -> list[str]:
-    out = [t for t in (spec.unk, spec.bos, spec.eos, spec.pad) if t]
-    return out + [t for t in spec.extra_special if t not in out]
+    """unk, bos, eos, pad, then the extra specials; each once (Llama-style pad == unk must not leave a hole)."""
+    return list(dict.fromkeys(t for t in (spec.unk, spec.bos, spec.eos, spec.pad, *spec.extra_special) if t))
 
 
 def _metaspace_bpe(spec: TokenizerSpec, corpus: list[str]) -> Tokenizer:
