@@ -25,12 +25,14 @@ W = CFG.workdir
 include: "workflow/rules/common.smk"
 include: "workflow/rules/toy_world.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/inference.smk"
 
 
 rule all:
     input:
         rules.data.output,
         TOY_OUTPUTS,
+        rules.vote.output if CFG.reward_models else [],
     default_target: True
 
 

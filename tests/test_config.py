@@ -85,3 +85,31 @@ def test_stage_slices_hold_only_their_keys():
     assert json.loads(fpconfig.slice_json(edited, "data"))["data"]["max_len"] == 64
     with pytest.raises(ConfigError, match="unknown stage 'nope'"):
         fpconfig.stage_slice(cfg, "nope")
+
+
+def test_per_model_slices_hold_only_that_model():
+    cfg = fpconfig.load(DEFAULT)
+    gen = fpconfig.stage_slice(cfg, "generate", "qwen-arith")
+    assert set(gen) == {"generate", "model"} and gen["model"]["name"] == "qwen-arith"
+    assert fpconfig.stage_slice(cfg, "reward", "rm-small")["reward_model"]["strength"] == 3
+    raw = raw_default()
+    raw["models"][1]["max_model_len"] = 256  # qwen-arith only
+    raw["generate"]["shards"] = 2
+    edited = fpconfig.load_dict(raw)
+    assert fpconfig.slice_json(edited, "generate", "gpt2-strings") == fpconfig.slice_json(cfg, "generate", "gpt2-strings")
+    assert fpconfig.slice_json(edited, "generate", "qwen-arith") != fpconfig.slice_json(cfg, "generate", "qwen-arith")
+    assert fpconfig.slice_json(edited, "vote") == fpconfig.slice_json(cfg, "vote")
+    raw["models"][0]["engine"] = "hf"  # the pivot's engine is not the data stage's business
+    assert fpconfig.slice_json(fpconfig.load_dict(raw), "data") == fpconfig.slice_json(cfg, "data")
+    with pytest.raises(ConfigError, match=r"stage 'generate' needs --target, one of llama-pivot, qwen-arith, "
+                                          r"mistral-facts, gpt2-strings \(got 'nope'\)"):
+        fpconfig.stage_slice(cfg, "generate", "nope")
+
+
+def test_generate_models_must_exist():
+    raw = raw_default()
+    raw["generate"]["models"] = ["qwen-arith", "gpt5"]
+    with pytest.raises(ConfigError) as err:
+        fpconfig.load_dict(raw)
+    assert str(err.value) == ("config: (top level): generate.models: unknown model(s) gpt5; models are "
+                              "llama-pivot, qwen-arith, mistral-facts, gpt2-strings")

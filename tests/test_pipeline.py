@@ -8,8 +8,8 @@ import sys
 import polars as pl
 import pyarrow.parquet as pq
 import yaml
-
 from conftest import copy_workflow, snakemake
+
 from fusepipe.schemas import CONVERSATION, check_schema
 
 

@@ -31,6 +31,23 @@ def test_each_source_beats_the_pivot_in_its_domain(manifest):
     assert 0 < sum(pivot.values()) / len(pivot) < 0.6  # weak but not useless
 
 
+def test_saved_models_keep_their_accuracy(toy, manifest):
+    """What users load from disk (AutoTokenizer + AutoModel) is what was trained and measured: transformers 5
+    swaps in Qwen2Tokenizer's own pre-tokenizer for a qwen2 folder, which once made qwen-arith answer garbage."""
+    from fusepipe.toy.evaluate import accuracy
+    from fusepipe.toy.tasks import Item
+
+    bench = [json.loads(line) for line in (toy / "data" / "benchmark.jsonl").read_text().splitlines()]
+    for name in ("qwen-arith", "gpt2-strings"):
+        folder = toy / "models" / name
+        tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+        domain = manifest["models"][name]["strong_domain"]
+        items = [Item(row["domain"], row["key"], row["prompt"], row["gt"], "", row["answer"])
+                 for row in bench if row["domain"] == domain]
+        acc = accuracy(model, tok, items, model.generation_config.eos_token_id)
+        assert acc[domain] == pytest.approx(manifest["models"][name]["accuracy"][domain], abs=0.05), name
+
+
 def test_reward_models_are_of_clearly_different_strength(manifest):
     acc = {k: v["pair_accuracy"] for k, v in manifest["reward_models"].items()}
     assert acc["rm-large"] > acc["rm-small"] + 0.05, acc

@@ -122,11 +122,18 @@ class Manifest:
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
-    def write(self, folder: str | Path, outputs: dict[str, str | Path] | None = None) -> Path:
+    def write(self, folder: str | Path, outputs: dict[str, str | Path] | None = None, name: str = MANIFEST) -> Path:
+        """Write to `folder/name` (sharded stages: `shard_manifest(shard_path)`, one per job)."""
         self.data["timings_s"]["total"] = round(time.time() - self.started, 3)
         if outputs:
             self.data["outputs"] = {k: {"path": str(v), "hash": file_hash(v)} for k, v in outputs.items()}
-        return write_json(self.data, Path(folder) / MANIFEST)
+        return write_json(self.data, Path(folder) / name)
+
+
+def shard_manifest(shard: str | Path) -> Path:
+    """The manifest of one shard job: `shard-00003.parquet` -> `shard-00003_manifest.json` beside it."""
+    shard = Path(shard)
+    return shard.parent / f"{shard.stem}{MANIFEST}"
 
 
 def _describe_input(value: Any) -> Any:
@@ -138,7 +145,7 @@ def _describe_input(value: Any) -> Any:
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
     """The manifest that describes `path` (the file itself, the one in a folder, or beside a file)."""
     path = Path(path)
-    for cand in (path, path / MANIFEST, path.parent / MANIFEST):
-        if cand.name == MANIFEST and cand.is_file():
+    for cand in (path, path / MANIFEST, shard_manifest(path), path.parent / MANIFEST):
+        if cand.name.endswith(MANIFEST) and cand.is_file():
             return json.loads(cand.read_text())
     return None

@@ -23,16 +23,33 @@ from fusepipe.progress import setup_logging
 log = logging.getLogger("fusepipe")
 
 
-def _slice(stage: str, config_path: str | None, config_json: str | None) -> dict[str, Any]:
+def _slice(stage: str, config_path: str | None, config_json: str | None, target: str | None = None) -> dict[str, Any]:
     if config_json:
         return json.loads(config_json)
     cfg = fpconfig.load(config_path or "config/config.yaml")
-    return fpconfig.stage_slice(cfg, stage)
+    return fpconfig.stage_slice(cfg, stage, target)
 
 
-def _workdir(config_path: str | None, config_json: str | None) -> str:
+def _targets(kind: str, config_path: str | None, config_json: str | None, target: str | None) -> list[str]:
+    """The model(s) a per-model stage runs for: --target, else (whole config) all of them."""
+    if target or config_json:
+        if not target:
+            raise click.UsageError("--target is required together with --config-json")
+        return [target]
+    cfg = fpconfig.load(config_path or "config/config.yaml")
+    return [m.name for m in (cfg.generators if kind == "generate" else cfg.reward_models)]
+
+
+def _shards(params: dict[str, Any], shard: int | None) -> list[int]:
+    n = params["generate"]["shards"] if "generate" in params else params["shards"]
+    if shard is not None and not 0 <= shard < n:
+        raise click.BadParameter(f"shard {shard} out of range: the config has {n} shard(s)", param_hint="--shard")
+    return [shard] if shard is not None else list(range(n))
+
+
+def _workdir(config_path: str | None, config_json: str | None, option: str = "--out") -> str:
     if config_json:
-        raise click.UsageError("--out is required together with --config-json")
+        raise click.UsageError(f"{option} is required together with --config-json")
     return fpconfig.load(config_path or "config/config.yaml").workdir
 
 
@@ -93,6 +110,67 @@ def data_cmd(config_path, config_json, out):
     params = _slice("data", config_path, config_json)
     out = out or str(Path(_workdir(config_path, config_json)) / "data")
     stage.run(params, out)
+
+
+workdir_option = click.option(
+    "--workdir", type=click.Path(file_okay=False), help="Workdir (default: the config's; required with --config-json)."
+)
+target_option = click.option("--target", help="The model (generate) or reward model (reward); default: all.")
+shard_option = click.option("--shard", type=int, help="Shard index; default: all shards.")
+
+
+@cli.command("generate")
+@with_config
+@workdir_option
+@target_option
+@shard_option
+def generate_cmd(config_path, config_json, workdir, target, shard):
+    """Sample responses of a model for every training prompt of a shard: gen/{model}/shard-*.parquet."""
+    from fusepipe import paths
+    from fusepipe.generate import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    for name in _targets("generate", config_path, config_json, target):
+        params = _slice("generate", config_path, config_json, name)
+        for i in _shards(params, shard):
+            stage.run(params, paths.data(workdir), paths.gen_shard(workdir, name, i), i)
+
+
+@cli.command("reward")
+@with_config
+@workdir_option
+@target_option
+@shard_option
+def reward_cmd(config_path, config_json, workdir, target, shard):
+    """Score every generated response of a shard with a reward model: reward/{rm}/shard-*.parquet."""
+    from fusepipe import paths
+    from fusepipe.reward import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    for name in _targets("reward", config_path, config_json, target):
+        params = _slice("reward", config_path, config_json, name)
+        for i in _shards(params, shard):
+            gens = [paths.gen_shard(workdir, m, i) for m in params["generators"]]
+            stage.run(params, paths.data(workdir), gens, paths.reward_shard(workdir, name, i), i)
+
+
+@cli.command("vote")
+@with_config
+@workdir_option
+@click.option("--shards", type=int, help="Reward shards to read (default: generate.shards of the config).")
+def vote_cmd(config_path, config_json, workdir, shards):
+    """The reward models' vote per prompt, over all generators and each (pivot, source) pair."""
+    from fusepipe import paths
+    from fusepipe.reward import vote_stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    params = _slice("vote", config_path, config_json)
+    if shards is None:
+        if config_json:
+            raise click.UsageError("--shards is required together with --config-json")
+        shards = fpconfig.load(config_path or "config/config.yaml").generate.shards
+    inputs = [paths.reward_shard(workdir, r["name"], i) for r in params["reward_models"] for i in range(shards)]
+    vote_stage.run(params, inputs, paths.vote_choices(workdir))
 
 
 @cli.command("inspect")

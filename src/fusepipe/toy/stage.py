@@ -32,8 +32,8 @@ def _special_ids(tok) -> dict[str, int | None]:
 
 def _template_examples(spec) -> list[str]:
     """Rendered sample chats, so the tokenizer learns the template's markers as pieces."""
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     probe = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, unk_token="x")),
@@ -100,6 +100,7 @@ def _build_lm(spec: world.ToyModel, items, bench, preset: world.Preset, seed: in
     corpus = world.tokenizer_corpus(items, _template_examples(spec.tokenizer))
     tok = build_tokenizer(spec.tokenizer, corpus)
     model = causal_lm(spec.arch, len(tok), preset, _special_ids(tok), seed)
+    tok = as_loaded(tok, model, folder)
     known = world.known_items(spec, items, preset, seed)
     convs = world.training_conversations(known, rng)
     examples = encode_sft(tok, convs, spec.name)
@@ -120,12 +121,27 @@ def _build_lm(spec: world.ToyModel, items, bench, preset: world.Preset, seed: in
     }
 
 
+def as_loaded(tok, model, folder: Path):
+    """The tokenizer as every consumer (transformers' AutoTokenizer, vLLM) will load it from `folder`.
+
+    transformers 5 picks the tokenizer class from the model type and some classes rebuild parts of the pipeline
+    from code: Qwen2Tokenizer replaces the saved byte-level pre-tokenizer with Qwen2's regex (digits one by one).
+    Training with the tokenizer object as built would then teach ids nobody feeds the model; train with this one."""
+    from transformers import AutoTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def _build_rm(rspec: world.ToyRewardModel, tok, items, preset: world.Preset, seed: int, folder: Path):
     rng = random.Random(seed)
     clean = world.rm_pairs(items, rng, n_wrong=2)
     train = [(c, r) if rng.random() >= rspec.label_noise else (r, c) for c, r in clean]
     heldout = world.rm_pairs(items, random.Random(f"heldout-{seed}"), n_wrong=1)  # fresh corruptions
     model = reward_model(len(tok), preset, rspec.layers, _special_ids(tok), seed)
+    tok = as_loaded(tok, model, folder)
     enc = encode_pairs(tok, train, rspec.name)
     steps = int(preset.rm_steps * rspec.steps_scale)
     losses = train_rm(model, enc, tok.pad_token_id, steps, preset.batch, preset.rm_lr, seed)

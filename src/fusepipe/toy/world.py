@@ -200,8 +200,7 @@ def benchmark(items: dict[str, list[Item]], preset: Preset, seed: int) -> list[I
 def write_fusion_files(data: dict[str, list[list[dict]]], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / FUSION_FILES["arith"], "w") as f:
-        for conv in data["arith"]:
-            f.write(json.dumps({"messages": conv}) + "\n")
+        f.writelines(json.dumps({"messages": conv}) + "\n" for conv in data["arith"])
     role_from = {"user": "human", "assistant": "gpt", "system": "system"}
     sharegpt = [
         {"id": f"facts-{i}", "conversations": [{"from": role_from[m["role"]], "value": m["content"]} for m in conv]}
@@ -215,8 +214,7 @@ def write_fusion_files(data: dict[str, list[list[dict]]], folder: Path) -> None:
     }
     pq.write_table(pa.table(orca), folder / FUSION_FILES["strings"])
     with open(folder / FUSION_FILES["dialogue"], "w") as f:
-        for conv in data["dialogue"]:
-            f.write(json.dumps({"messages": conv}) + "\n")
+        f.writelines(json.dumps({"messages": conv}) + "\n" for conv in data["dialogue"])
 
 
 def write_benchmark(items: list[Item], path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The `generate` stage (ProFuser inference mode): sample responses from every model of the fusion."""

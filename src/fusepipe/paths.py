@@ -1,0 +1,31 @@
+"""Where every artifact lives under the workdir: one place for the CLI, the stages and the Snakemake rules
+(rules call these with wildcard placeholders such as "{model}")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def shard_name(shard: int | str) -> str:
+    return f"shard-{shard:05d}.parquet" if isinstance(shard, int) else f"shard-{shard}.parquet"
+
+
+def data(workdir: str | Path, split: str = "train") -> str:
+    return f"{workdir}/data/{split}.parquet"
+
+
+def gen_shard(workdir: str | Path, model: str, shard: int | str) -> str:
+    return f"{workdir}/gen/{model}/{shard_name(shard)}"
+
+
+def reward_shard(workdir: str | Path, rm: str, shard: int | str) -> str:
+    return f"{workdir}/reward/{rm}/{shard_name(shard)}"
+
+
+def vote_choices(workdir: str | Path) -> str:
+    return f"{workdir}/vote/choices.parquet"
+
+
+def shard_of(sample_id: str, shards: int) -> int:
+    """The shard a prompt belongs to: a stable function of its id, so adding data never moves other prompts."""
+    return int(sample_id[:8], 16) % shards

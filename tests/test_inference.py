@@ -1,0 +1,126 @@
+"""Inference mode end to end: the session's `snakemake all` ran generate → reward → vote on the toy world through
+vLLM; these tests check the artifacts, the manifests, that a shard reruns to the same responses, and inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fusepipe import config as fpconfig
+from fusepipe import paths
+from fusepipe.artifacts import shard_manifest
+from fusepipe.engines import derive_seed
+from fusepipe.reward.vote import majority
+from fusepipe.schemas import GENERATION, REWARD, VOTE, check_schema
+
+MODELS = ["llama-pivot", "qwen-arith", "mistral-facts", "gpt2-strings"]
+RMS = ["rm-large", "rm-medium", "rm-small"]
+SHARDS = 2
+
+
+@pytest.fixture(scope="module")
+def results(pipeline):
+    return pipeline / "results"
+
+
+@pytest.fixture(scope="module")
+def train(results):
+    return pl.read_parquet(results / "data" / "train.parquet")
+
+
+@pytest.fixture(scope="module")
+def gen(results):
+    files = [paths.gen_shard(results, m, i) for m in MODELS for i in range(SHARDS)]
+    for f in files:
+        check_schema(f, GENERATION)
+    return pl.concat([pl.read_parquet(f) for f in files])
+
+
+def test_every_model_answers_every_training_prompt_once(gen, train, results):
+    assert gen.height == len(MODELS) * train.height
+    for model in MODELS:
+        assert sorted(gen.filter(pl.col("model") == model)["sample_id"]) == sorted(train["sample_id"])
+    for i in range(SHARDS):  # prompts land in the shard of their id
+        ids = pl.read_parquet(paths.gen_shard(results, "qwen-arith", i))["sample_id"]
+        assert all(paths.shard_of(s, SHARDS) == i for s in ids)
+    row = gen.row(0, named=True)
+    assert row["seed"] == derive_seed(0, row["sample_id"], row["model"], row["sample_index"])
+    assert set(gen["finish_reason"]) <= {"stop", "length"}
+    assert (gen["n_tokens"] > 0).all() and (gen["response"].str.len_chars() > 0).mean() > 0.9
+    manifest = json.loads(shard_manifest(paths.gen_shard(results, "qwen-arith", 0)).read_text())
+    assert manifest["engine"]["kind"] == "vllm" and manifest["rows"] > 0
+
+
+def test_the_domain_expert_answers_its_domain(gen, train):
+    """The sampled responses carry the toy world's accuracy profile (qwen-arith answers arithmetic)."""
+    arith = train.filter(pl.col("source") == "arith").select("sample_id", "messages")
+    answers = {r["sample_id"]: r["messages"][-1]["content"] for r in arith.iter_rows(named=True)}
+
+    def hit_rate(model):
+        rows = gen.filter((pl.col("model") == model) & pl.col("sample_id").is_in(list(answers)))
+        # the ground truth ends with the result: "... = 42." ; a short answer states it
+        return np.mean([re.search(rf"\b{answers[s].rstrip('.').split()[-1]}\b", r) is not None
+                        for s, r in rows.select("sample_id", "response").rows()])
+
+    assert hit_rate("qwen-arith") > hit_rate("llama-pivot") + 0.3
+
+
+def test_every_rm_scores_every_response(results, gen):
+    rewards = []
+    for rm in RMS:
+        for i in range(SHARDS):
+            check_schema(paths.reward_shard(results, rm, i), REWARD)
+            rewards.append(pl.read_parquet(paths.reward_shard(results, rm, i)))
+    rewards = pl.concat(rewards)
+    assert rewards.height == len(RMS) * gen.height
+    assert rewards["score"].is_finite().all()
+    assert rewards.group_by("rm").len()["len"].to_list() == [gen.height] * len(RMS)
+
+
+def test_vote_choices_match_a_recount_of_the_scores(results, train):
+    check_schema(paths.vote_choices(results), VOTE)
+    votes = pl.read_parquet(paths.vote_choices(results))
+    subsets = {"all", *(f"llama-pivot~{m}" for m in MODELS[1:])}
+    assert set(votes["subset"]) == subsets and votes.height == len(subsets) * train.height
+    rewards = pl.concat([pl.read_parquet(paths.reward_shard(results, rm, i)) for rm in RMS for i in range(SHARDS)])
+    one = votes.filter(pl.col("subset") == "all").sort("sample_id").head(20)
+    for row in one.iter_rows(named=True):
+        r = rewards.filter(pl.col("sample_id") == row["sample_id"])
+        table = np.array([[r.filter((pl.col("model") == m) & (pl.col("rm") == rm))["score"][0] for rm in RMS]
+                          for m in MODELS])
+        expected = majority(table[None], strongest=0)
+        assert MODELS[int(expected.winner[0])] == row["winner"]
+        assert bool(expected.tie_broken[0]) == row["tie_broken"]
+    manifest = json.loads((results / "vote" / "_manifest.json").read_text())
+    assert sum(manifest["wins"]["all"].values()) == train.height
+    assert manifest["rm_order"] == RMS and 0 <= manifest["rm_agreement"]["all"] <= 1
+
+
+def test_a_rerun_shard_reproduces_its_responses(pipeline, results, tmp_path):
+    """Seeded sampling: the same shard, generated again by hand into another workdir, is identical."""
+    cfg = fpconfig.load(pipeline / "config" / "config.yaml")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.parquet").symlink_to(results / "data" / "train.parquet")
+    params = fpconfig.slice_json(cfg, "generate", "gpt2-strings")  # model path relative to the pipeline's folder
+    subprocess.run([sys.executable, "-m", "fusepipe", "generate", "--config-json", params, "--workdir", str(tmp_path),
+                    "--target", "gpt2-strings", "--shard", "1"], check=True, capture_output=True, cwd=pipeline)
+    again = pl.read_parquet(paths.gen_shard(tmp_path, "gpt2-strings", 1))
+    first = pl.read_parquet(paths.gen_shard(results, "gpt2-strings", 1))
+    assert again.drop("prompt_truncated").equals(first.drop("prompt_truncated"))
+
+
+def test_inspect_shows_a_prompt_with_its_candidates(results):
+    votes = pl.read_parquet(paths.vote_choices(results))
+    sid = votes["sample_id"][0]
+    out = subprocess.run([sys.executable, "-m", "fusepipe", "inspect", paths.vote_choices(results), "--sample-id", sid],
+                         capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "prompt" in out and "candidates (majority vote)" in out
+    for name in [*MODELS, *RMS, "llama-pivot~qwen-arith: winner"]:
+        assert name in out
