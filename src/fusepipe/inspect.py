@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 from rich.console import Console
@@ -68,8 +69,11 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
         return
     if path.suffix == ".parquet":
         inspect_parquet(path, sample_id, n_rows)
-        if sample_id is not None and schema_name(pq.read_schema(path)) == "vote":
+        kind = schema_name(pq.read_schema(path))
+        if sample_id is not None and kind == "vote":
             inspect_vote(path, sample_id)
+        if kind == "logits":
+            inspect_logits(path, sample_id, n_positions=40)
         manifest = read_manifest(path)
         if manifest:
             console.rule("manifest")
@@ -85,6 +89,47 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
             console.print(_short(json.loads(line), 200))
         return
     raise ArtifactError(f"{path}: don't know how to inspect a {path.suffix or 'suffix-less'} file")
+
+
+def inspect_logits(path: Path, sample_id: str | None, n_positions: int) -> None:
+    """One sample of a logits shard as a table: position, decoded token, its log-prob, the top-k with probabilities
+    (the codes decoded back to fp32; tokens decoded with the model's tokenizer named in the manifest)."""
+    from fusepipe.logits.store import read_sample, read_shard
+
+    sample = read_sample(path, sample_id) if sample_id else next(read_shard(path), None)
+    if sample is None:
+        return
+    manifest = read_manifest(path) or {}
+    tok = None
+    model_path = manifest.get("config", {}).get("model", {}).get("path")
+    if model_path and Path(model_path).exists():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_path)
+
+    def show(i: int) -> str:
+        return repr(tok.convert_ids_to_tokens(int(i))) if tok is not None else str(int(i))
+
+    table = Table(title=f"{sample.sample_id}: {sample.model}, mode {sample.mode}, {sample.n_tokens} target tokens, "
+                        f"NLL {sample.nll_sum:.2f} ({sample.nll_sum / max(sample.n_bytes, 1):.3f} nats/byte), "
+                        f"entropy {sample.entropy_kind}", show_header=True, header_style="bold")
+    for col in ("pos", "msg", "token", "log-prob", "entropy", f"top-{sample.topk_ids.shape[1]} (p)"):
+        table.add_column(col, overflow="fold")
+    for t in range(min(sample.n_tokens, n_positions)):
+        top = ", ".join(f"{show(i)} {np.exp(lp):.3f}" for i, lp in zip(sample.topk_ids[t], sample.topk_logprobs[t]))
+        end = " (end of turn)" if sample.turn_end[t] else ""
+        table.add_row(str(t), str(int(sample.message_index[t])), show(sample.token_ids[t]) + end,
+                      f"{sample.token_logprob[t]:.3f}", f"{sample.entropy[t]:.3f}", top)
+    console.print(table)
+    if sample.n_tokens > n_positions:
+        console.print(f"... {sample.n_tokens - n_positions} more positions")
+
+
+def _pairs(mapping) -> list[tuple]:
+    """An Arrow map as read by polars (a dict, a list of {key, value} structs, or of pairs) as (key, value)s."""
+    if isinstance(mapping, dict):
+        return list(mapping.items())
+    return [(e["key"], e["value"]) if isinstance(e, dict) else tuple(e) for e in mapping]
 
 
 def inspect_vote(path: Path, sample_id: str) -> None:
@@ -109,7 +154,7 @@ def inspect_vote(path: Path, sample_id: str) -> None:
     for col in ("model", "response", "scores", "votes"):
         table.add_column(col, overflow="fold")
     for c in row["candidates"]:
-        scores = ", ".join(f"{rm} {score:+.3f}" for rm, score in c["scores"])
+        scores = ", ".join(f"{rm} {score:+.3f}" for rm, score in _pairs(c["scores"]))
         table.add_row(c["model"] + (f"#{c['sample_index']}" if c["sample_index"] else ""),
                       text.get((c["model"], c["sample_index"]), "?"), scores, str(c["votes"]))
     console.print(table)
@@ -133,14 +178,19 @@ def summary(workdir: str | Path) -> None:
         elif m["stage"] == "vote":
             what = f"{m['prompts']} prompts; wins {m['wins'].get('all')}; RMs agree {m['rm_agreement']['all']:.0%}"
         table.add_row(m["stage"], what, f"{m['timings_s'].get('total', 0):.1f}")
-    for stage in ("gen", "reward"):  # sharded stages: one manifest per (model, shard) job
+    for stage in ("gen", "reward", "logits/gt", "logits/inf"):  # sharded stages: one manifest per job
         shards = [json.loads(p.read_text()) for p in sorted((workdir / stage).glob("*/shard-*" + MANIFEST))]
         if shards:
             per: dict[str, int] = {}
             for m in shards:
-                key = m["config"]["model"]["name"] if stage == "gen" else m["config"]["reward_model"]["name"]
+                key = m["config"]["reward_model"]["name"] if stage == "reward" else m["config"]["model"]["name"]
                 per[key] = per.get(key, 0) + m["rows"]
             what = f"{len(shards)} shard jobs; rows " + ", ".join(f"{k} {v}" for k, v in per.items())
             seconds = sum(m["timings_s"].get("total", 0) for m in shards)
-            table.add_row(shards[0]["stage"], what, f"{seconds:.1f}")
+            if stage.startswith("logits"):
+                tokens = sum(m["tokens"] for m in shards)
+                size = sum(m["bytes_per_token"] * m["tokens"] for m in shards)
+                what += f"; {tokens} tokens, {size / max(tokens, 1):.1f} B/token"
+            table.add_row(shards[0]["stage"] + (f" {stage.split('/')[1]}" if "/" in stage else ""), what,
+                          f"{seconds:.1f}")
     console.print(table)
