@@ -26,6 +26,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/toy_world.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/inference.smk"
+include: "workflow/rules/logits.smk"
 
 
 rule all:
@@ -33,6 +34,7 @@ rule all:
         rules.data.output,
         TOY_OUTPUTS,
         rules.vote.output if CFG.reward_models else [],
+        logits_targets(),
     default_target: True
 
 

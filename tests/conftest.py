@@ -40,7 +40,12 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory) -> Path:
-    """A workflow copy on which `snakemake --cores 2 all` has run to completion (toy world included)."""
+    """A workflow copy on which `snakemake --cores 2 all` has run to completion (toy world included).
+
+    While iterating, FUSEPIPE_TEST_PIPELINE=DIR reuses a folder where that already ran (CI never sets it)."""
+    reuse = os.environ.get("FUSEPIPE_TEST_PIPELINE")
+    if reuse:
+        return Path(reuse)
     root = copy_workflow(tmp_path_factory.mktemp("pipeline"))
     proc = snakemake(root, "all")
     (root / "first_run.log").write_text(proc.stdout + proc.stderr)

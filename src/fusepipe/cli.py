@@ -173,6 +173,37 @@ def vote_cmd(config_path, config_json, workdir, shards):
     vote_stage.run(params, inputs, paths.vote_choices(workdir))
 
 
+@cli.command("logits")
+@with_config
+@workdir_option
+@click.option("--mode", type=click.Choice(["gt", "inf"]), required=True, help="gt: ground truth; inf: voted responses.")
+@click.option("--target", help="The model; default: all models.")
+@shard_option
+@click.option("--gen-shards", type=int, help="Generation shards to read in mode inf (default: generate.shards).")
+def logits_cmd(config_path, config_json, workdir, mode, target, shard, gen_shards):
+    """Teacher-forced top-k log-probs of a model at every target token: logits/{mode}/{model}/shard-*.parquet."""
+    from fusepipe import paths
+    from fusepipe.logits import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    if target is None and config_json:
+        raise click.UsageError("--target is required together with --config-json")
+    names = [target] if target else [m.name for m in fpconfig.load(config_path or "config/config.yaml").models]
+    if mode == "inf" and gen_shards is None:
+        if config_json:
+            raise click.UsageError("--gen-shards is required with --mode inf and --config-json")
+        gen_shards = fpconfig.load(config_path or "config/config.yaml").generate.shards
+    for name in names:
+        params = _slice("logits", config_path, config_json, name)
+        n = params["logits"]["shards"]
+        if shard is not None and not 0 <= shard < n:
+            raise click.BadParameter(f"shard {shard} out of range: logits.shards is {n}", param_hint="--shard")
+        for i in [shard] if shard is not None else range(n):
+            gens = [paths.gen_shard(workdir, name, j) for j in range(gen_shards or 0)]
+            stage.run(params, mode, i, paths.data(workdir), paths.logits_shard(workdir, mode, name, i),
+                      vote_path=paths.vote_choices(workdir) if mode == "inf" else None, gen_paths=gens)
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--sample-id", help="Show only this row.")

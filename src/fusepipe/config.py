@@ -147,6 +147,24 @@ class VoteConfig(Strict):
     )
 
 
+class LogitsConfig(Strict):
+    """Teacher-forced top-k log-probs (FuseChat / ProFuser distributions), stored compactly (docs/logits.md)."""
+
+    k: int = Field(default=10, ge=1, le=64, description="Top-k ids and log-probs kept per target token.")
+    modes: list[Literal["gt", "inf"]] = Field(
+        default=["gt", "inf"],
+        description="gt: every model on the ground truth (all assistant turns); inf: each voted response "
+        "through the model that generated it (needs reward_models).",
+    )
+    shards: int = Field(default=1, ge=1, description="Shards per (mode, model); one job each.")
+    overlong: Literal["truncate", "skip"] = Field(
+        default="truncate",
+        description="A conversation longer than the model's max_model_len: truncate keeps the whole target "
+        "messages that fit (never part of one), skip drops it; both are counted in the manifest.",
+    )
+    batch_size: int = Field(default=256, ge=1, description="Sequences per engine call.")
+
+
 class Config(Strict):
     workdir: str = "results"
     toy: ToyConfig = ToyConfig()
@@ -156,6 +174,7 @@ class Config(Strict):
     generate: GenerateConfig = GenerateConfig()
     reward: RewardConfig = RewardConfig()
     vote: VoteConfig = VoteConfig()
+    logits: LogitsConfig = LogitsConfig()
 
     @model_validator(mode="after")
     def _roles(self) -> Config:
@@ -169,6 +188,9 @@ class Config(Strict):
             if unknown:
                 raise ValueError(f"generate.models: unknown model(s) {', '.join(unknown)}; models are "
                                  f"{', '.join(m.name for m in self.models)}")
+        if "inf" in self.logits.modes and not self.reward_models:
+            raise ValueError("logits.modes: 'inf' needs reward_models (the vote picks the responses); "
+                             "add reward models or set logits.modes: [gt]")
         ranks = sorted(r.strength for r in self.reward_models)
         if ranks and ranks != list(range(1, len(ranks) + 1)):
             raise ValueError(f"reward_models strengths must be 1..{len(ranks)} without gaps (found {ranks})")
@@ -282,9 +304,10 @@ STAGE_SLICES: dict[str, Any] = {
         "shards": cfg.generate.shards,
     },
     "vote": lambda cfg, target: _vote_slice(cfg),
+    "logits": lambda cfg, target: {"logits": _dump(cfg.logits), "model": _dump(cfg.model(target))},
 }
 STAGE_KEYS = tuple(STAGE_SLICES)
-TARGETED = {"generate": "models", "reward": "reward_models"}
+TARGETED = {"generate": "models", "reward": "reward_models", "logits": "models"}
 
 
 def stage_slice(cfg: Config, stage: str, target: str | None = None) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
         if sample_id is not None and kind == "vote":
             inspect_vote(path, sample_id)
         if kind == "logits":
-            inspect_logits(path, sample_id, n_positions=40)
+            inspect_logits(path, sample_id, n_positions=64)
         manifest = read_manifest(path)
         if manifest:
             console.rule("manifest")

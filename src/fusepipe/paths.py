@@ -29,3 +29,7 @@ def vote_choices(workdir: str | Path) -> str:
 def shard_of(sample_id: str, shards: int) -> int:
     """The shard a prompt belongs to: a stable function of its id, so adding data never moves other prompts."""
     return int(sample_id[:8], 16) % shards
+
+
+def logits_shard(workdir: str | Path, mode: str, model: str, shard: int | str) -> str:
+    return f"{workdir}/logits/{mode}/{model}/{shard_name(shard)}"

@@ -83,17 +83,20 @@ VOTE = pa.schema(
 # logits: one row per (sample, model, mode); per target token (all assistant turns) ragged lists, top-k as
 # fixed-size lists. Log-probs are stored as uint16 fixed-point codes (fusepipe.logits.store, docs/logits.md):
 # token_logprob = -code / scale; entropy = code / scale; topk_logprobs holds the first code then the gaps
-# between ranks, logprob[j] = -(code[0] + ... + code[j]) / scale. k and the code are in the metadata.
-LOGITS_CODE = "fixed16-gaps-v1"
+# between ranks, logprob[j] = -(code[0] + ... + code[j]) / scale. Nulls mark redundancy with the target token:
+# topk_ids is null at the rank holding the target (its id is token_ids), token_logprob is null when it equals
+# topk_logprobs at that rank. k and the code are in the metadata.
+LOGITS_CODE = "fixed16-gaps-targetnull-v1"
 LOGITS_SCALE = 512  # codes per nat: step 2^-9, abs error <= 2^-10 above the floor -65535/512
 LOGITS_K = 10
 
 
-def _items(value_type: pa.DataType, width: int = 0) -> pa.DataType:
-    """list<value_type>, or list<fixed_size_list<value_type, width>>, with non-null items."""
+def _items(value_type: pa.DataType, width: int = 0, nullable: bool = False) -> pa.DataType:
+    """list<value_type>, or list<fixed_size_list<value_type, width>>; only the innermost items may be null."""
     if width:
-        value_type = pa.list_(pa.field("element", value_type, nullable=False), width)
-    return pa.list_(pa.field("element", value_type, nullable=False))
+        value_type = pa.list_(pa.field("element", value_type, nullable=nullable), width)
+        nullable = False
+    return pa.list_(pa.field("element", value_type, nullable=nullable))
 
 
 def logits_schema(k: int = LOGITS_K) -> pa.Schema:
@@ -111,9 +114,9 @@ def logits_schema(k: int = LOGITS_K) -> pa.Schema:
             pa.field("offsets", _items(pa.int32(), 2), nullable=False),  # [start, end) in the message text
             pa.field("message_index", _items(pa.int16()), nullable=False),
             pa.field("turn_end", _items(pa.bool_()), nullable=False),
-            pa.field("topk_ids", _items(pa.int32(), k), nullable=False),
-            pa.field("topk_logprobs", _items(pa.uint16(), k), nullable=False),  # gap codes
-            pa.field("token_logprob", _items(pa.uint16()), nullable=False),  # code
+            pa.field("topk_ids", _items(pa.int32(), k, nullable=True), nullable=False),  # null: the target
+            pa.field("topk_logprobs", _items(pa.uint16(), k), nullable=False),  # first code, then gaps
+            pa.field("token_logprob", _items(pa.uint16(), nullable=True), nullable=False),  # null: = top-k
             pa.field("entropy", _items(pa.uint16()), nullable=False),  # code
         ],
         metadata={

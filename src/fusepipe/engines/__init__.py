@@ -19,6 +19,7 @@ from fusepipe.engines.base import (
     Request,
     Sampling,
     Task,
+    TopK,
     derive_seed,
 )
 from fusepipe.engines.render import check_model_path
@@ -32,6 +33,7 @@ __all__ = [
     "Request",
     "Sampling",
     "Task",
+    "TopK",
     "derive_seed",
     "open_engine",
     "resolve_engine",
@@ -80,11 +82,11 @@ def resolve_engine(spec: dict[str, Any], engine: str | None = None) -> str:
 
 
 def open_engine(spec: dict[str, Any], task: Task, engine: str | None = None) -> Engine:
-    """Load `spec`'s model for `task` ("generate": a causal LM, "score": a reward model) on the chosen engine.
+    """Load `spec`'s model for `task` ("generate" / "topk": a causal LM, "score": a reward model) on the chosen engine.
 
     Use it as a context manager (or call `close()`), so the model is freed before the next one starts."""
-    if task not in ("generate", "score"):
-        raise ValueError(f"task must be 'generate' or 'score', not {task!r}")
+    if task not in ("generate", "score", "topk"):
+        raise ValueError(f"task must be 'generate', 'score' or 'topk', not {task!r}")
     check_model_path(spec)  # before the slow vLLM import
     if resolve_engine(spec, engine) == "vllm":
         from fusepipe.engines.vllm import VLLMEngine

@@ -8,6 +8,8 @@ ids itself, so both engines see exactly the same tokens:
         outs = eng.generate(requests, sampling)           # one Generation per request (one seed each)
     with open_engine(rm_spec, task="score") as rm:
         scores = rm.score(conversations)                  # raw scalar at the last non-pad token, float per row
+    with open_engine({**spec, "max_logprobs": k}, task="topk") as eng:
+        dists = eng.topk(sequences, positions, k)         # teacher-forced top-k at target positions (TopK)
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self
 
-Task = Literal["generate", "score"]
+import numpy as np
+
+Task = Literal["generate", "score", "topk"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,32 @@ class Generation:
 
 
 @dataclass
+class TopK:
+    """A model's teacher-forced distribution at the target positions of one sequence (fp32, temperature 1).
+
+    Row j describes the prediction of token `ids[positions[j]]` from the tokens before it: the k most likely ids
+    (best first) with their log-softmax over the full vocabulary, the actual token's log-prob, and the entropy
+    of the distribution: exact (HF, full vocabulary) or "topk_tail" (vLLM: the top-k plus one bucket holding the
+    remaining mass, H ≈ -Σ_topk p log p - p_tail log p_tail, a lower bound of the full entropy)."""
+
+    ids: np.ndarray  # int32 [T, k]
+    logprobs: np.ndarray  # float32 [T, k]
+    token_logprob: np.ndarray  # float32 [T]
+    entropy: np.ndarray  # float32 [T]
+    entropy_kind: str  # "exact" | "topk_tail"
+
+
+def topk_tail_entropy(top_logprobs: np.ndarray) -> np.ndarray:
+    """H over the top-k plus one tail bucket with the remaining probability mass: [T, k] -> [T]."""
+    lp = top_logprobs.astype(np.float64)
+    p = np.exp(lp)
+    tail = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tail_term = np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
+    return (-(p * lp).sum(axis=1) - tail_term).astype(np.float32)
+
+
+@dataclass
 class EngineStats:
     """What an engine did, for the stage manifest."""
 
@@ -75,6 +105,8 @@ class Engine(Protocol):
     def score(
         self, conversations: list[list[dict[str, str]]], keys: list[str] | None = None
     ) -> list[float]: ...
+
+    def topk(self, sequences: list[list[int]], positions: list[np.ndarray], k: int) -> list[TopK]: ...
 
     def close(self) -> None: ...
 

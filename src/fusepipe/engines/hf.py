@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from fusepipe.engines.base import (
@@ -25,6 +26,7 @@ from fusepipe.engines.base import (
     Generation,
     Request,
     Sampling,
+    TopK,
     chunks,
     resolve_dtype,
 )
@@ -149,6 +151,28 @@ class HFEngine(EngineBase):
             config.pad_token_id = pad
         return float(out.logits[0, 0])
 
+    # ---- teacher-forced top-k ----------------------------------------------------------------------------
+    def topk(self, sequences: list[list[int]], positions: list[np.ndarray], k: int) -> list[TopK]:
+        """One forward per sequence; log-softmax in fp32 over the full vocabulary at the rows before targets."""
+        start = time.perf_counter()
+        out = []
+        for ids, pos in zip(sequences, positions, strict=True):
+            x = torch.tensor([ids], dtype=torch.long, device=self.device)
+            with torch.no_grad():
+                logits = self.model(input_ids=x).logits[0].float()
+            rows = torch.as_tensor(np.asarray(pos) - 1, device=self.device)
+            lp = torch.log_softmax(logits[rows], dim=-1)
+            top = lp.topk(k, dim=-1)
+            actual = torch.as_tensor(np.asarray(ids)[pos], device=self.device)
+            tok = lp.gather(1, actual[:, None])[:, 0]
+            ent = -(lp.exp() * lp).sum(dim=-1)
+            out.append(TopK(top.indices.int().cpu().numpy(), top.values.cpu().numpy(), tok.cpu().numpy(),
+                            ent.cpu().numpy(), "exact"))
+            self.stats.prompt_tokens += len(ids)
+        self.stats.requests += len(sequences)
+        self.stats.run_s += time.perf_counter() - start
+        return out
+
     def close(self) -> None:
         if getattr(self, "model", None) is None:
             return
@@ -163,7 +187,7 @@ class HFEngine(EngineBase):
 def _load_model(spec: dict[str, Any], task: str, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    cls = AutoModelForCausalLM if task == "generate" else AutoModelForSequenceClassification
+    cls = AutoModelForSequenceClassification if task == "score" else AutoModelForCausalLM
     dtype = resolve_dtype(spec.get("dtype"), device.type == "cuda")
     model = cls.from_pretrained(
         spec["path"],

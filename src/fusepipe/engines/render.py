@@ -129,7 +129,7 @@ class Renderer:
         if task == "generate":
             eot = end_of_turn_id(self.tok)
             self.eos_ids = model_eos_ids(spec) | _as_int_set(self.tok.eos_token_id) | _as_int_set(eot)
-        else:
+        elif task == "score":
             check_reward_head(spec)
 
     @property

@@ -27,6 +27,7 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from fusepipe.engines.base import (
@@ -35,8 +36,10 @@ from fusepipe.engines.base import (
     Generation,
     Request,
     Sampling,
+    TopK,
     chunks,
     resolve_dtype,
+    topk_tail_entropy,
 )
 from fusepipe.engines.render import Renderer, check_scores, row_keys
 
@@ -108,6 +111,9 @@ def engine_args(spec: dict[str, Any], task: str, cuda: bool) -> dict[str, Any]:
     }
     if task == "score":
         args["runner"] = "pooling"
+    if task == "topk":  # teacher forcing: prompt_logprobs up to k; a cached prefix would return no prompt logprobs
+        args["max_logprobs"] = int(spec.get("max_logprobs") or 20)
+        args["enable_prefix_caching"] = False
     kv_bytes = spec.get("kv_cache_memory_bytes")
     if cuda:
         args["tensor_parallel_size"] = int(spec.get("tensor_parallel_size") or 1)
@@ -203,6 +209,25 @@ class VLLMEngine(EngineBase):
         self.stats.truncated += sum(r.truncated for r in rendered)
         return scores
 
+    def topk(self, sequences: list[list[int]], positions: list[np.ndarray], k: int) -> list[TopK]:
+        """`prompt_logprobs=k` (raw log-softmax at temperature 1) in flat form, batched to `TOPK_BATCH_TOKENS`
+        prompt tokens per call so the per-position results of a call stay bounded."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        start = time.perf_counter()
+        params = SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False, flat_logprobs=True)
+        out: list[TopK] = []
+        for batch in _token_batches(sequences, TOPK_BATCH_TOKENS):
+            prompts = [TokensPrompt(prompt_token_ids=sequences[i]) for i in batch]
+            results = self.llm.generate(prompts, params, use_tqdm=False)
+            for i, res in zip(batch, results, strict=True):
+                out.append(_topk_from_flat(res.prompt_logprobs, sequences[i], positions[i], k))
+        self.stats.requests += len(sequences)
+        self.stats.prompt_tokens += sum(len(s) for s in sequences)
+        self.stats.run_s += time.perf_counter() - start
+        return out
+
     def close(self) -> None:
         """Hand the engine to `release_pending`, which the next engine start calls: shutting the engine core down,
         collecting garbage and vLLM's distributed teardown take about 2.5 s on CPU, which a job that ends after its
@@ -233,6 +258,50 @@ def release_pending() -> None:
         _cleanup_distributed()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+TOPK_BATCH_TOKENS = 65536
+
+
+def _token_batches(sequences: list[list[int]], budget: int) -> list[list[int]]:
+    """Indices of `sequences` in consecutive groups of at most `budget` tokens (a longer one goes alone)."""
+    groups: list[list[int]] = [[]]
+    used = 0
+    for i, seq in enumerate(sequences):
+        if groups[-1] and used + len(seq) > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += len(seq)
+    return [g for g in groups if g]
+
+
+def _topk_from_flat(flat: Any, ids: list[int], positions: np.ndarray, k: int) -> TopK:
+    """TopK rows at `positions` from vLLM's FlatLogprobs of a prompt.
+
+    Each position i >= 1 holds the actual token ids[i] (its rank may exceed k) and the top-k in rank order; when
+    the actual token is among the top-k it may appear once or twice. Entries are selected by rank, not order."""
+    tok_ids = np.asarray(flat.token_ids, dtype=np.int64)
+    lps = np.asarray(flat.logprobs, dtype=np.float32)
+    ranks = np.asarray([r if r is not None else 0 for r in flat.ranks], dtype=np.int64)
+    starts = np.asarray(flat.start_indices, dtype=np.int64)
+    ends = np.asarray(flat.end_indices, dtype=np.int64)
+    T = len(positions)
+    top_ids = np.zeros((T, k), dtype=np.int32)
+    top_lp = np.full((T, k), -np.inf, dtype=np.float32)
+    token_lp = np.empty(T, dtype=np.float32)
+    for j, i in enumerate(positions):  # per target token: k+1 entries, vectorised inside
+        a, b = starts[i], ends[i]
+        r, t, v = ranks[a:b], tok_ids[a:b], lps[a:b]
+        sel = (r >= 1) & (r <= k)
+        order = np.argsort(r[sel], kind="stable")
+        rr, tt, vv = r[sel][order], t[sel][order], v[sel][order]
+        _, first = np.unique(rr, return_index=True)  # the actual token may repeat its top-k entry
+        top_ids[j, : len(first)] = tt[first]
+        top_lp[j, : len(first)] = vv[first]
+        actual = np.nonzero(t == ids[i])[0]
+        token_lp[j] = v[actual[0]]
+    return TopK(top_ids, top_lp, token_lp, topk_tail_entropy(top_lp), "topk_tail")
 
 
 def _sampling_params(sampling: Sampling, seed: int, stop: list[int]) -> Any:
