@@ -5,7 +5,7 @@
 
 Data: the synthetic stand-in of `fusepipe.logits.synthetic` (32k-vocabulary ids drawn Zipf-like, peaked
 distributions, samples of 100–500 target tokens, the target the top-1 65 % of the time), drawn once per k.
-Sections, each a function of SECTIONS (the stage against bare vLLM prompt_logprobs is to join as one more):
+Sections, each a function of SECTIONS:
 - storage: bytes per target token, write and read throughput (tokens/s, median of --repeats) of
   `fusepipe.logits.store` against a naive layout (float32 log-probs, int32 ids as plain nested lists,
   pyarrow's default settings: snappy, dictionaries), both streamed one row group per 512 samples from the
@@ -14,6 +14,9 @@ Sections, each a function of SECTIONS (the stage against bare vLLM prompt_logpro
   representations (float32, float16, absolute codes, gap codes; ids plain, split, with target nulls).
 - options: bytes per token and write throughput for the alternatives of each Parquet setting.
 - errors: max |stored - fp32| log-prob by range, float16 against the code (requirement: ≤ 1e-3).
+- stage: the `logits` stage (gt mode, one shard) against bare vLLM `prompt_logprobs=10` on the same rendered
+  conversations of a built toy world (`--toy results/toy --data results/data/train.parquet`, repeated to
+  `--conversations`), each run a fresh process; goal stage / bare <= 1.10.
 """
 
 from __future__ import annotations
@@ -264,7 +267,68 @@ def errors(args: argparse.Namespace, tmp: Path) -> None:
         print(f"[{lo:>6}, {hi:>5})  {half:>10.3g} {code:>10.3g}  {'yes' if half <= 1e-3 else 'NO'}")
 
 
-SECTIONS = {"storage": storage, "columns": columns, "options": options, "errors": errors}
+def _stage_run(kind: str, args: argparse.Namespace, tmp: Path) -> float:
+    """One timed run in this fresh process: the `logits` stage (gt mode, one shard, writing its shard) or bare
+    vLLM prompt_logprobs on the same conversations rendered the same way (no writing). Imports before the clock."""
+    import torch
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from fusepipe.engines.vllm import engine_args, prepare_env
+    from fusepipe.logits import stage as logits_stage
+    from fusepipe.logits.capture import prepare
+
+    prepare_env()
+    spec = {"name": args.model, "path": str(args.toy / "models" / args.model), "chat_template": None,
+            "dtype": "float32", "max_model_len": 512, "engine": "vllm", "kv_cache_memory_bytes": None,
+            "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "max_num_seqs": 256,
+            "trust_remote_code": False}
+    data = tmp / "train.parquet"
+    start = time.perf_counter()
+    if kind == "stage":
+        cfg = {"k": 10, "modes": ["gt"], "shards": 1, "overlong": "truncate", "batch_size": 256}
+        logits_stage.run({"logits": cfg, "model": spec}, "gt", 0, data, tmp / "logits" / "shard-00000.parquet")
+        return time.perf_counter() - start
+    rows = pq.ParquetFile(data).read(columns=["sample_id", "messages"]).to_pylist()
+    tok = AutoTokenizer.from_pretrained(spec["path"])
+    llm = LLM(**engine_args({**spec, "max_logprobs": 10}, "topk", torch.cuda.is_available()))
+    preps = [prepare(tok, r["messages"], last_only=False, max_len=512, overlong="truncate", name=args.model,
+                     key=r["sample_id"]) for r in rows]
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p.ids) for p in preps],
+                        SamplingParams(max_tokens=1, prompt_logprobs=10, detokenize=False), use_tqdm=False)
+    assert len(outs) == len(rows)
+    return time.perf_counter() - start
+
+
+def stage(args: argparse.Namespace, tmp: Path) -> None:
+    """The `logits` stage against bare vLLM prompt_logprobs, each run a fresh process (as a Snakemake job)."""
+    import subprocess
+    import sys
+
+    if not (args.toy / "models" / args.model).is_dir():
+        print(f"stage: skipped (no toy model at {args.toy / 'models' / args.model}; pass --toy results/toy)")
+        return
+    rows = pq.ParquetFile(args.data).read().to_pylist()
+    copies = [{**rows[i % len(rows)], "sample_id": f"{i // len(rows):04x}{rows[i % len(rows)]['sample_id'][4:]}"}
+              for i in range(args.conversations)]
+    pq.write_table(pa.Table.from_pylist(copies, schema=pq.read_schema(args.data)), tmp / "train.parquet")
+    times: dict[str, list[float]] = {"bare": [], "stage": []}
+    for _ in range(args.repeats):
+        for kind in times:
+            cmd = [sys.executable, __file__, "--one", kind, "--tmp", str(tmp), "--toy", str(args.toy),
+                   "--model", args.model]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            times[kind].append(float(out.split("SECONDS")[-1]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"stage vs bare vLLM prompt_logprobs=10: {args.conversations} conversations, {args.model}, "
+          f"{args.repeats} repeats (fresh process each; engine start included, imports excluded)")
+    for k, v in times.items():
+        print(f"  {k:6s} {med[k]:7.2f} s   runs: {', '.join(f'{x:.2f}' for x in v)}")
+    print(f"  stage / bare = {med['stage'] / med['bare']:.3f} (goal <= 1.10; the stage also encodes and writes)")
+
+
+SECTIONS = {"storage": storage, "columns": columns, "options": options, "errors": errors, "stage": stage}
 
 
 def main() -> None:
@@ -274,7 +338,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--toy", type=Path, default=Path("results/toy"), help="stage: a built toy world")
+    parser.add_argument("--data", type=Path, default=Path("results/data/train.parquet"), help="stage: its data")
+    parser.add_argument("--model", default="mistral-facts", help="stage: the model")
+    parser.add_argument("--conversations", type=int, default=800, help="stage: conversations (data repeated)")
+    parser.add_argument("--one", choices=["bare", "stage"], help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        print(f"SECONDS {_stage_run(args.one, args, args.tmp):.4f}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sections:
             SECTIONS[name](args, Path(tmp))

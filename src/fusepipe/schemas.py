@@ -85,8 +85,8 @@ VOTE = pa.schema(
 # token_logprob = -code / scale; entropy = code / scale; topk_logprobs holds the first code then the gaps
 # between ranks, logprob[j] = -(code[0] + ... + code[j]) / scale. Nulls mark redundancy with the target token:
 # topk_ids is null at the rank holding the target (its id is token_ids), token_logprob is null when it equals
-# topk_logprobs at that rank. k and the code are in the metadata.
-LOGITS_CODE = "fixed16-gaps-targetnull-v1"
+# topk_logprobs at that rank, entropy is null in `topk_tail` samples (a function of the stored top-k). k and the code are in the metadata.
+LOGITS_CODE = "fixed16-gaps-targetnull-v2"  # v2: top-k + tail entropy is derived, stored as nulls
 LOGITS_SCALE = 512  # codes per nat: step 2^-9, abs error <= 2^-10 above the floor -65535/512
 LOGITS_K = 10
 
@@ -117,7 +117,7 @@ def logits_schema(k: int = LOGITS_K) -> pa.Schema:
             pa.field("topk_ids", _items(pa.int32(), k, nullable=True), nullable=False),  # null: the target
             pa.field("topk_logprobs", _items(pa.uint16(), k), nullable=False),  # first code, then gaps
             pa.field("token_logprob", _items(pa.uint16(), nullable=True), nullable=False),  # null: = top-k
-            pa.field("entropy", _items(pa.uint16()), nullable=False),  # code
+            pa.field("entropy", _items(pa.uint16(), nullable=True), nullable=False),  # code; null: derived
         ],
         metadata={
             "fusepipe.schema": "logits",

@@ -72,16 +72,6 @@ class TopK:
     entropy_kind: str  # "exact" | "topk_tail"
 
 
-def topk_tail_entropy(top_logprobs: np.ndarray) -> np.ndarray:
-    """H over the top-k plus one tail bucket with the remaining probability mass: [T, k] -> [T]."""
-    lp = top_logprobs.astype(np.float64)
-    p = np.exp(lp)
-    tail = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tail_term = np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
-    return (-(p * lp).sum(axis=1) - tail_term).astype(np.float32)
-
-
 @dataclass
 class EngineStats:
     """What an engine did, for the stage manifest."""

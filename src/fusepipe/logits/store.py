@@ -50,7 +50,8 @@ PER_TOKEN = (
     "token_ids", "offsets", "message_index", "turn_end", "topk_ids", "topk_logprobs", "token_logprob", "entropy",
 )  # fmt: skip
 # Decoding a column needs these others (nulls refer to the target token and its rank in the top-k).
-NEEDS = {"topk_ids": ("token_ids",), "token_logprob": ("topk_ids", "token_ids", "topk_logprobs")}
+NEEDS = {"topk_ids": ("token_ids",), "token_logprob": ("topk_ids", "token_ids", "topk_logprobs"),
+         "entropy": ("topk_logprobs", "entropy_kind")}
 ID_COLUMNS = ("token_ids", "topk_ids")
 INT32_MAX = int(np.iinfo(np.int32).max)
 # Integer per-token columns: their stored type and the range they must lie in.
@@ -171,6 +172,17 @@ class Stored:
     token_null: np.ndarray  # [N] bool: token_code equals the top-k code at the target's rank
     entropy_code: np.ndarray  # [N] uint16
     n_clamped: int
+    entropy_null: np.ndarray | None = None  # [N] bool: derived from the stored top-k (topk_tail samples)
+
+
+def topk_tail_entropy(top_logprobs: np.ndarray) -> np.ndarray:
+    """H over the top-k plus one bucket holding the rest of the mass, [T, k] -> [T] float32:
+    H = -Σ_topk p log p - p_tail log p_tail, p_tail = max(0, 1 - Σ_topk p) (a lower bound of the full entropy)."""
+    lp = np.asarray(top_logprobs, np.float64)
+    p = np.exp(lp)
+    tail = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
+    tail_term = np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
+    return (-(p * lp).sum(axis=1) - tail_term).astype(np.float32)
 
 
 def first_true(mask: np.ndarray) -> np.ndarray:
@@ -206,7 +218,9 @@ def encode_columns(columns: dict[str, np.ndarray], target_nulls: bool = True) ->
     token_null[rows] = token_code[rows] == topk_codes[rows, rank[rows]]
     gaps = to_gaps(topk_codes)
     entropy_code = encode_entropy(columns["entropy"])
-    return Stored(gaps, topk_null, token_code, token_null, entropy_code, clamped_topk + clamped_token)
+    derived = columns.get("derived_entropy")
+    return Stored(gaps, topk_null, token_code, token_null, entropy_code, clamped_topk + clamped_token,
+                  None if derived is None or not derived.any() else derived)
 
 
 def encode_samples(
@@ -215,6 +229,8 @@ def encode_samples(
     """(concatenated arrays, stored form) of `samples`; a ValueError names the first sample at fault."""
     try:
         columns = concat(samples)
+        columns["derived_entropy"] = np.repeat([s.entropy_kind == "topk_tail" for s in samples],
+                                               [s.n_tokens for s in samples]).astype(bool)
         return columns, encode_columns(columns, target_nulls)
     except ValueError:
         for sample in samples:
@@ -409,7 +425,7 @@ def to_table(
         "topk_ids": _list(columns["topk_ids"], offsets, pa.int32(), k, null=stored.topk_null),
         "topk_logprobs": _list(stored.topk_gaps, offsets, pa.uint16(), k),
         "token_logprob": _list(stored.token_code, offsets, pa.uint16(), null=stored.token_null),
-        "entropy": _list(stored.entropy_code, offsets, pa.uint16()),
+        "entropy": _list(stored.entropy_code, offsets, pa.uint16(), null=stored.entropy_null),
     }
     return pa.table([table[f.name].cast(f.type) for f in schema], schema=schema)
 
@@ -531,12 +547,14 @@ def _decode(table: pa.Table, scale: int) -> dict[str, Any]:
     out["ptr"] = np.concatenate([[0], np.cumsum(np.asarray(out["n_tokens"], np.int64))])
     k = table.schema.field("topk_ids").type.value_type.list_size if "topk_ids" in names else 0
     plain = {"token_ids": (np.int32, 0), "offsets": (np.int32, 2), "message_index": (np.int32, 0),
-             "turn_end": (np.bool_, 0), "entropy": (np.uint16, 0)}  # fmt: skip
+             "turn_end": (np.bool_, 0)}  # fmt: skip
     for name, (dtype, width) in plain.items():
         if name in names:
             out[name] = _numpy(table.column(name), dtype, width)[0]
-    if "entropy" in out:
-        out["entropy"] = decode_entropy(out["entropy"], scale)
+    derived = None
+    if "entropy" in names:
+        codes, derived = _numpy(table.column("entropy"), np.uint16)
+        out["entropy"] = decode_entropy(codes, scale)
     if "topk_ids" in names:
         ids, target = _numpy(table.column("topk_ids"), np.int32, k)
         rank = np.full(len(ids), -1) if target is None else first_true(target)
@@ -547,6 +565,8 @@ def _decode(table: pa.Table, scale: int) -> dict[str, Any]:
         width = table.schema.field("topk_logprobs").type.value_type.list_size
         topk_codes = from_gaps(_numpy(table.column("topk_logprobs"), np.uint16, width)[0])
         out["topk_logprobs"] = decode_logprobs(topk_codes, scale)
+    if derived is not None:  # topk_tail samples: recomputed from the stored top-k
+        out["entropy"][derived] = topk_tail_entropy(out["topk_logprobs"][derived])
     if "token_logprob" in names:
         codes, same = _numpy(table.column("token_logprob"), np.int32)
         if same is not None:
