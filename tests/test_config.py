@@ -113,3 +113,14 @@ def test_generate_models_must_exist():
         fpconfig.load_dict(raw)
     assert str(err.value) == ("config: (top level): generate.models: unknown model(s) gpt5; models are "
                               "llama-pivot, qwen-arith, mistral-facts, gpt2-strings")
+
+
+def test_inference_logits_need_reward_models():
+    raw = raw_default()
+    raw["reward_models"] = []
+    with pytest.raises(ConfigError) as err:
+        fpconfig.load_dict(raw)
+    assert str(err.value) == ("config: (top level): logits.modes: 'inf' needs reward_models (the vote picks the "
+                              "responses); add reward models or set logits.modes: [gt]")
+    raw["logits"]["modes"] = ["gt"]
+    assert fpconfig.load_dict(raw).logits.modes == ["gt"]
