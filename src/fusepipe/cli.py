@@ -37,13 +37,14 @@ def _targets(kind: str, config_path: str | None, config_json: str | None, target
             raise click.UsageError("--target is required together with --config-json")
         return [target]
     cfg = fpconfig.load(config_path or "config/config.yaml")
-    return [m.name for m in (cfg.generators if kind == "generate" else cfg.reward_models)]
+    models = {"generate": cfg.generators, "reward": cfg.reward_models, "logits": cfg.models}[kind]
+    return [m.name for m in models]
 
 
-def _shards(params: dict[str, Any], shard: int | None) -> list[int]:
-    n = params["generate"]["shards"] if "generate" in params else params["shards"]
+def _shards(shard: int | None, n: int, where: str) -> list[int]:
+    """--shard checked against the `n` shards the config has (`where` says which key), else all of them."""
     if shard is not None and not 0 <= shard < n:
-        raise click.BadParameter(f"shard {shard} out of range: the config has {n} shard(s)", param_hint="--shard")
+        raise click.BadParameter(f"shard {shard} out of range: {where}", param_hint="--shard")
     return [shard] if shard is not None else list(range(n))
 
 
@@ -132,7 +133,8 @@ def generate_cmd(config_path, config_json, workdir, target, shard):
     workdir = workdir or _workdir(config_path, config_json, "--workdir")
     for name in _targets("generate", config_path, config_json, target):
         params = _slice("generate", config_path, config_json, name)
-        for i in _shards(params, shard):
+        n = params["generate"]["shards"]
+        for i in _shards(shard, n, f"the config has {n} shard(s)"):
             stage.run(params, paths.data(workdir), paths.gen_shard(workdir, name, i), i)
 
 
@@ -149,7 +151,7 @@ def reward_cmd(config_path, config_json, workdir, target, shard):
     workdir = workdir or _workdir(config_path, config_json, "--workdir")
     for name in _targets("reward", config_path, config_json, target):
         params = _slice("reward", config_path, config_json, name)
-        for i in _shards(params, shard):
+        for i in _shards(shard, params["shards"], f"the config has {params['shards']} shard(s)"):
             gens = [paths.gen_shard(workdir, m, i) for m in params["generators"]]
             stage.run(params, paths.data(workdir), gens, paths.reward_shard(workdir, name, i), i)
 
@@ -186,9 +188,7 @@ def logits_cmd(config_path, config_json, workdir, mode, target, shard, gen_shard
     from fusepipe.logits import stage
 
     workdir = workdir or _workdir(config_path, config_json, "--workdir")
-    if target is None and config_json:
-        raise click.UsageError("--target is required together with --config-json")
-    names = [target] if target else [m.name for m in fpconfig.load(config_path or "config/config.yaml").models]
+    names = _targets("logits", config_path, config_json, target)
     if mode == "inf" and gen_shards is None:
         if config_json:
             raise click.UsageError("--gen-shards is required with --mode inf and --config-json")
@@ -196,9 +196,7 @@ def logits_cmd(config_path, config_json, workdir, mode, target, shard, gen_shard
     for name in names:
         params = _slice("logits", config_path, config_json, name)
         n = params["logits"]["shards"]
-        if shard is not None and not 0 <= shard < n:
-            raise click.BadParameter(f"shard {shard} out of range: logits.shards is {n}", param_hint="--shard")
-        for i in [shard] if shard is not None else range(n):
+        for i in _shards(shard, n, f"logits.shards is {n}"):
             gens = [paths.gen_shard(workdir, name, j) for j in range(gen_shards or 0)]
             stage.run(params, mode, i, paths.data(workdir), paths.logits_shard(workdir, mode, name, i),
                       vote_path=paths.vote_choices(workdir) if mode == "inf" else None, gen_paths=gens)

@@ -33,12 +33,17 @@ def prompt_of(messages: list[dict[str, str]], sample_id: str) -> list[dict[str, 
     return messages[: last_user + 1]
 
 
-def read_prompts(data_path: str | Path, shard: int, shards: int) -> list[tuple[str, list[dict[str, str]]]]:
-    """(sample_id, prompt) of every conversation in `shard` of `shards`, in sample_id order."""
+def read_conversations(data_path: str | Path, shard: int, shards: int) -> list[tuple[str, list[dict[str, str]]]]:
+    """(sample_id, conversation) of every training conversation in `shard` of `shards`, in sample_id order."""
     check_schema(data_path, CONVERSATION)
     table = pq.ParquetFile(data_path).read(columns=["sample_id", "messages"])  # (read_table imports pandas: 1 s)
-    rows = sorted(zip(table.column("sample_id").to_pylist(), table.column("messages").to_pylist()))
-    return [(sid, prompt_of(msgs, sid)) for sid, msgs in rows if paths.shard_of(sid, shards) == shard]
+    rows = zip(table.column("sample_id").to_pylist(), table.column("messages").to_pylist(), strict=True)
+    return sorted((sid, msgs) for sid, msgs in rows if paths.shard_of(sid, shards) == shard)
+
+
+def read_prompts(data_path: str | Path, shard: int, shards: int) -> list[tuple[str, list[dict[str, str]]]]:
+    """(sample_id, prompt) of every conversation in `shard` of `shards`, in sample_id order."""
+    return [(sid, prompt_of(msgs, sid)) for sid, msgs in read_conversations(data_path, shard, shards)]
 
 
 def sampling_of(cfg: dict[str, Any]) -> Sampling:

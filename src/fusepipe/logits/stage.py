@@ -23,21 +23,13 @@ from fusepipe import paths
 from fusepipe.artifacts import Manifest, shard_manifest
 from fusepipe.engines import open_engine
 from fusepipe.errors import ArtifactError
-from fusepipe.generate.stage import prompt_of
+from fusepipe.generate.stage import prompt_of, read_conversations
 from fusepipe.logits.capture import prepare
 from fusepipe.logits.store import SampleLogits, ShardWriter
 from fusepipe.progress import track
-from fusepipe.schemas import CONVERSATION, GENERATION, VOTE, check_schema
+from fusepipe.schemas import GENERATION, VOTE, check_schema
 
 log = logging.getLogger("fusepipe.logits")
-
-
-def ground_truth(data_path: str | Path, shard: int, shards: int) -> list[tuple[str, list[dict[str, str]]]]:
-    """(sample_id, conversation) of the training data in `shard`, in sample_id order."""
-    check_schema(data_path, CONVERSATION)
-    table = pq.ParquetFile(data_path).read(columns=["sample_id", "messages"])
-    rows = zip(table.column("sample_id").to_pylist(), table.column("messages").to_pylist(), strict=True)
-    return sorted((sid, msgs) for sid, msgs in rows if paths.shard_of(sid, shards) == shard)
 
 
 def voted(data_path: str | Path, vote_path: str | Path, gen_paths: list[str | Path], model: str, shard: int,
@@ -53,7 +45,7 @@ def voted(data_path: str | Path, vote_path: str | Path, gen_paths: list[str | Pa
         check_schema(p, GENERATION)
         for r in pq.ParquetFile(p).read(columns=["sample_id", "sample_index", "response"]).to_pylist():
             responses[(r["sample_id"], r["sample_index"])] = r["response"]
-    prompts = dict(ground_truth(data_path, shard, shards))
+    prompts = dict(read_conversations(data_path, shard, shards))
     out = []
     for sid, j in wins:
         if (sid, j) not in responses:
@@ -72,7 +64,7 @@ def run(params: dict[str, Any], mode: str, shard: int, data_path: str | Path, ou
     manifest = Manifest("logits", {**params, "mode": mode}, inputs=inputs)
     with manifest.phase("read"):
         if mode == "gt":
-            convs = ground_truth(data_path, shard, cfg["shards"])
+            convs = read_conversations(data_path, shard, cfg["shards"])
         else:
             convs = voted(data_path, vote_path, gen_paths or [], spec["name"], shard, cfg["shards"])
     log.info("%s: %s mode, shard %d/%d: %d conversations, top-%d", spec["name"], mode, shard, cfg["shards"],
