@@ -27,6 +27,7 @@ include: "workflow/rules/toy_world.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/inference.smk"
 include: "workflow/rules/logits.smk"
+include: "workflow/rules/align.smk"
 
 
 rule all:
@@ -35,6 +36,7 @@ rule all:
         TOY_OUTPUTS,
         rules.vote.output if CFG.reward_models else [],
         logits_targets(),
+        align_targets(),
     default_target: True
 
 

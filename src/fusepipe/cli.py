@@ -37,7 +37,8 @@ def _targets(kind: str, config_path: str | None, config_json: str | None, target
             raise click.UsageError("--target is required together with --config-json")
         return [target]
     cfg = fpconfig.load(config_path or "config/config.yaml")
-    models = {"generate": cfg.generators, "reward": cfg.reward_models, "logits": cfg.models}[kind]
+    models = {"generate": cfg.generators, "reward": cfg.reward_models, "logits": cfg.models,
+              "align": cfg.sources}[kind]
     return [m.name for m in models]
 
 
@@ -200,6 +201,29 @@ def logits_cmd(config_path, config_json, workdir, mode, target, shard, gen_shard
             gens = [paths.gen_shard(workdir, name, j) for j in range(gen_shards or 0)]
             stage.run(params, mode, i, paths.data(workdir), paths.logits_shard(workdir, mode, name, i),
                       vote_path=paths.vote_choices(workdir) if mode == "inf" else None, gen_paths=gens)
+
+
+@cli.command("align")
+@with_config
+@workdir_option
+@click.option("--step", type=click.Choice(["links", "vocab", "project", "coverage", "all"]), default="all",
+              show_default=True, help="links and project run per (mode, shard); vocab and coverage per pair.")
+@click.option("--mode", type=click.Choice(["gt", "inf"]), help="Only this mode (links/project); default: all.")
+@click.option("--target", help="The source model (pair pivot~source); default: every source.")
+@shard_option
+def align_cmd(config_path, config_json, workdir, step, mode, target, shard):
+    """Align sources to the pivot: DTW links, mapping statistics, vocabulary map, projection: align/{pivot}~{source}/."""
+    from fusepipe.align import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    steps = list(stage.STEPS) if step == "all" else [step]
+    for name in _targets("align", config_path, config_json, target):
+        params = _slice("align", config_path, config_json, name)
+        n = params["logits"]["shards"]
+        _shards(shard, n, f"logits.shards is {n}")
+        for one in steps:
+            stage.run(params, workdir, one, mode if one in ("links", "project") else None,
+                      shard if one in ("links", "project") else None)
 
 
 @cli.command("inspect")

@@ -165,6 +165,29 @@ class LogitsConfig(Strict):
     batch_size: int = Field(default=256, ge=1, description="Sequences per engine call.")
 
 
+class AlignConfig(Strict):
+    """Token alignment of every source onto the pivot (FuseChat §2.3, Appendix B.1; docs/align.md)."""
+
+    method: Literal["faithful", "band", "offsets"] = Field(
+        default="faithful",
+        description="faithful: the reference's DTW over edit distances; band: the same inside a Sakoe-Chiba "
+        "band around the character-offset diagonal; offsets: link tokens whose character spans overlap.",
+    )
+    band: int = Field(default=32, ge=0, description="Band radius in pivot tokens (method band).")
+    vocab: Literal["ms", "ms_reference", "mined", "em"] = Field(
+        default="ms",
+        description="Vocabulary map source id -> pivot id: ms (paper: most frequent link), ms_reference (the "
+        "public code's ED·sigmoid(count) rule), mined (minimum edit distance), em (exact match).",
+    )
+    n_to_one: Literal["weighted", "last"] = Field(
+        default="weighted",
+        description="Many-to-one links: weighted (paper: average by mapping frequency) or last (public code).",
+    )
+    k: int | None = Field(
+        default=None, ge=1, le=64, description="Pivot ids kept per position after projection (None: logits.k)."
+    )
+
+
 class Config(Strict):
     workdir: str = "results"
     toy: ToyConfig = ToyConfig()
@@ -175,6 +198,7 @@ class Config(Strict):
     reward: RewardConfig = RewardConfig()
     vote: VoteConfig = VoteConfig()
     logits: LogitsConfig = LogitsConfig()
+    align: AlignConfig = AlignConfig()
 
     @model_validator(mode="after")
     def _roles(self) -> Config:
@@ -217,6 +241,11 @@ class Config(Strict):
         names = self.generate.models
         ordered = [self.pivot, *self.sources]
         return [m for m in ordered if names is None or m.name in names]
+
+    def align_modes(self, source: str) -> list[str]:
+        """The modes aligned for a (pivot, source) pair: gt always (if captured), inf if the source generates."""
+        generates = source in {m.name for m in self.generators}
+        return [m for m in self.logits.modes if m == "gt" or generates]
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -305,9 +334,17 @@ STAGE_SLICES: dict[str, Any] = {
     },
     "vote": lambda cfg, target: _vote_slice(cfg),
     "logits": lambda cfg, target: {"logits": _dump(cfg.logits), "model": _dump(cfg.model(target))},
+    "align": lambda cfg, target: {
+        "align": _dump(cfg.align),
+        "logits": {key: getattr(cfg.logits, key) for key in ("k", "shards", "overlong")},
+        "modes": cfg.align_modes(target),
+        "gen_shards": cfg.generate.shards,
+        "pivot": _dump(cfg.pivot),
+        "source": _dump(cfg.model(target)),
+    },
 }
 STAGE_KEYS = tuple(STAGE_SLICES)
-TARGETED = {"generate": "models", "reward": "reward_models", "logits": "models"}
+TARGETED = {"generate": "models", "reward": "reward_models", "logits": "models", "align": "sources"}
 
 
 def stage_slice(cfg: Config, stage: str, target: str | None = None) -> dict[str, Any]:

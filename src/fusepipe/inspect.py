@@ -74,6 +74,8 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
             inspect_vote(path, sample_id)
         if kind == "logits":
             inspect_logits(path, sample_id, n_positions=64)
+        if kind == "aligned":
+            inspect_aligned(path, sample_id, n_positions=64)
         manifest = read_manifest(path)
         if manifest:
             console.rule("manifest")
@@ -89,6 +91,36 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
             console.print(_short(json.loads(line), 200))
         return
     raise ArtifactError(f"{path}: don't know how to inspect a {path.suffix or 'suffix-less'} file")
+
+
+def inspect_aligned(path: Path, sample_id: str | None, n_positions: int) -> None:
+    """One sample of an aligned shard: each pivot target token, its link kind and validity, and the projected
+    source distribution's top entries as pivot tokens (decoded with the pivot's tokenizer from the manifest)."""
+    from fusepipe.align.stage import read_aligned
+    from fusepipe.models import load_tokenizer
+
+    table = read_aligned(path)
+    ids = table.column("sample_id").to_pylist()
+    if not ids:
+        return
+    row = ids.index(sample_id) if sample_id in ids else 0
+    r = table.slice(row, 1).to_pylist()[0]
+    manifest = read_manifest(path) or {}
+    tok = load_tokenizer(manifest["config"]["pivot"]) if "config" in manifest else None
+
+    def text(i: int) -> str:
+        return repr(tok.decode([i])) if tok is not None and i >= 0 else str(i)
+
+    kinds = {0: "none", 1: "1-1", 2: "1-n", 3: "n-1"}
+    view = Table(title=f"{r['pivot']} ← {r['source']} ({r['mode']}), sample {r['sample_id']}", header_style="bold")
+    for col in ("pos", "pivot token", "link", "valid", "projected top 3 (p)", "src H", "src nll"):
+        view.add_column(col)
+    for t in range(min(r["n_tokens"], n_positions)):
+        top = ", ".join(f"{text(i)} {np.exp(lp):.2f}" for i, lp in zip(r["topk_ids"][t][:3], r["topk_logprobs"][t][:3])
+                        if i >= 0)
+        view.add_row(str(t), text(r["token_ids"][t]), kinds[r["kind"][t]], "yes" if r["valid"][t] else "no", top,
+                     f"{r['src_entropy'][t]:.2f}", f"{r['src_nll'][t]:.2f}")
+    console.print(view)
 
 
 def inspect_logits(path: Path, sample_id: str | None, n_positions: int) -> None:
@@ -193,4 +225,14 @@ def summary(workdir: str | Path) -> None:
                 what += f"; {tokens} tokens, {size / max(tokens, 1):.1f} B/token"
             table.add_row(shards[0]["stage"] + (f" {stage.split('/')[1]}" if "/" in stage else ""), what,
                           f"{seconds:.1f}")
+    for cov_path in sorted((workdir / "align").glob("*/coverage.json")):
+        cov = json.loads(cov_path.read_text())
+        jobs = [json.loads(p.read_text()) for p in cov_path.parent.glob("*/shard-*" + MANIFEST)]
+        seconds = sum(m["timings_s"].get("total", 0) for m in jobs)
+        seconds += sum(m["links"]["timings_s"].get("read", 0) + m["links"]["timings_s"].get("align", 0) for m in jobs)
+        shares = cov.get("link_share", {})
+        what = (f"{cov_path.parent.name}: {cov.get('positions', 0)} positions, valid {cov.get('valid_share', 0):.2f}, "
+                f"mass kept {cov.get('mass_kept', 0):.3f}, 1-1/1-n/n-1 {shares.get('one_to_one', 0):.2f}/"
+                f"{shares.get('one_to_many', 0):.2f}/{shares.get('many_to_one', 0):.2f} ({cov['vocab']})")
+        table.add_row("align", what, f"{seconds:.1f}")
     console.print(table)

@@ -33,3 +33,34 @@ def shard_of(sample_id: str, shards: int) -> int:
 
 def logits_shard(workdir: str | Path, mode: str, model: str, shard: int | str) -> str:
     return f"{workdir}/logits/{mode}/{model}/{shard_name(shard)}"
+
+
+def pair(pivot: str, source: str) -> str:
+    """A (pivot, source) pair's folder name: `pivot~source`."""
+    return f"{pivot}~{source}"
+
+
+def align_dir(workdir: str | Path, pivot: str, source: str) -> str:
+    return f"{workdir}/align/{pair(pivot, source)}"
+
+
+def align_links(workdir: str | Path, pivot: str, source: str, mode: str, shard: int | str) -> str:
+    """One shard's token links and mapping counts (`.npz`, input of the vocabulary map and the projection)."""
+    name = f"{shard:05d}" if isinstance(shard, int) else shard
+    return f"{align_dir(workdir, pivot, source)}/{mode}/links-{name}.npz"
+
+
+def align_shard(workdir: str | Path, pivot: str, source: str, mode: str, shard: int | str) -> str:
+    return f"{align_dir(workdir, pivot, source)}/{mode}/{shard_name(shard)}"
+
+
+def align_counts(workdir: str | Path, pivot: str, source: str) -> str:
+    return f"{align_dir(workdir, pivot, source)}/ms_counts.npz"
+
+
+def align_vocab(workdir: str | Path, pivot: str, source: str) -> str:
+    return f"{align_dir(workdir, pivot, source)}/vocab_map.parquet"
+
+
+def align_coverage(workdir: str | Path, pivot: str, source: str) -> str:
+    return f"{align_dir(workdir, pivot, source)}/coverage.json"

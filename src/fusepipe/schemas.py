@@ -130,12 +130,50 @@ def logits_schema(k: int = LOGITS_K) -> pa.Schema:
 
 LOGITS = logits_schema(LOGITS_K)
 
+
+# aligned: one row per (pivot sample, mode) of a (pivot, source) pair: the source's top-k re-expressed at every
+# pivot target token (the rows of the pivot's own logits in mode gt) over pivot vocabulary ids (fusepipe.align).
+# Per position: `valid` (a source distribution reached it; else a one-hot of the pivot's own token), `kind`
+# (0 unaligned, 1 one-to-one, 2 one-to-many, 3 many-to-one), and the source's entropy and token NLL averaged over
+# the linked source tokens with the projection's weights (NaN where unaligned). Per sample: the source's own
+# sequence totals on its tokens (CE and entropy for MinCE / UDF), null when the source has no such sample.
+# Log-probs are fp32 (-inf pads with id -1).
+def aligned_schema(k: int = LOGITS_K) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("pivot", pa.string(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("mode", pa.string(), nullable=False),
+            pa.field("n_tokens", pa.int32(), nullable=False),
+            pa.field("token_ids", _items(pa.int32()), nullable=False),
+            pa.field("message_index", _items(pa.int16()), nullable=False),
+            pa.field("turn_end", _items(pa.bool_()), nullable=False),
+            pa.field("topk_ids", _items(pa.int32(), k), nullable=False),
+            pa.field("topk_logprobs", _items(pa.float32(), k), nullable=False),
+            pa.field("valid", _items(pa.bool_()), nullable=False),
+            pa.field("kind", _items(pa.int8()), nullable=False),
+            pa.field("src_entropy", _items(pa.float32()), nullable=False),
+            pa.field("src_nll", _items(pa.float32()), nullable=False),
+            pa.field("src_n_tokens", pa.int32(), nullable=True),
+            pa.field("src_n_bytes", pa.int32(), nullable=True),
+            pa.field("src_nll_sum", pa.float64(), nullable=True),
+            pa.field("src_entropy_sum", pa.float64(), nullable=True),
+            pa.field("src_entropy_kind", pa.string(), nullable=True),
+        ],
+        metadata={"fusepipe.schema": "aligned", "fusepipe.aligned.k": str(k)},
+    )
+
+
+ALIGNED = aligned_schema(LOGITS_K)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "conversation": CONVERSATION,
     "generation": GENERATION,
     "reward": REWARD,
     "vote": VOTE,
     "logits": LOGITS,
+    "aligned": ALIGNED,
 }
 
 
