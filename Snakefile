@@ -28,6 +28,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/inference.smk"
 include: "workflow/rules/logits.smk"
 include: "workflow/rules/align.smk"
+include: "workflow/rules/fuse.smk"
+include: "workflow/rules/merge.smk"
 
 
 rule all:
@@ -37,6 +39,8 @@ rule all:
         rules.vote.output if CFG.reward_models else [],
         logits_targets(),
         align_targets(),
+        train_targets(),
+        merge_targets(),
     default_target: True
 
 

@@ -226,6 +226,130 @@ def align_cmd(config_path, config_json, workdir, step, mode, target, shard):
                       shard if one in ("links", "project") else None)
 
 
+def _recipe_targets(config_path, config_json, recipe, target) -> list[str]:
+    """`recipe/target` names a command runs for: the one given, else (whole config) every target of the config."""
+    if config_json:
+        if not (recipe and target):
+            raise click.UsageError("--recipe and --target are required together with --config-json")
+        return [f"{recipe}/{target}"]
+    from fusepipe import recipes as fprecipes
+
+    cfg = fpconfig.load(config_path or "config/config.yaml")
+    names = [f"{r.name}/{t}" for r in cfg.recipes if recipe in (None, r.name) for t in fprecipes.targets(cfg, r)
+             if target in (None, t)]
+    if not names:
+        have = [f"{r.name}/{t}" for r in cfg.recipes for t in fprecipes.targets(cfg, r)]
+        raise click.BadParameter(f"no recipe target {recipe or '*'}/{target or '*'}; the config has: "
+                                 f"{', '.join(have) or 'no recipes'}", param_hint="--recipe/--target")
+    return names
+
+
+recipe_option = click.option("--recipe", help="Recipe name (config `recipes:`); default: all.")
+recipe_target_option = click.option("--target", help="The recipe's target (a source, or all / sft); default: all.")
+
+
+@cli.command("fuse")
+@with_config
+@workdir_option
+@recipe_option
+@recipe_target_option
+@shard_option
+def fuse_cmd(config_path, config_json, workdir, recipe, target, shard):
+    """Training targets of a recipe: MinCE / UDF / RM-vote / naive: targets/{recipe}/{target}/shard-*.parquet."""
+    from fusepipe import paths
+    from fusepipe.fuse import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    for name in _recipe_targets(config_path, config_json, recipe, target):
+        params = _slice("fuse", config_path, config_json, name)
+        n = params["logits"]["shards"]
+        for i in _shards(shard, n, f"logits.shards is {n}"):
+            r, t = name.split("/", 1)
+            stage.run(params, workdir, i, paths.targets_shard(workdir, r, t, i))
+
+
+@cli.command("train")
+@with_config
+@workdir_option
+@recipe_option
+@recipe_target_option
+def train_cmd(config_path, config_json, workdir, recipe, target):
+    """Fine-tune the pivot on a recipe target with DeepSpeed ZeRO: train/{recipe}/{target}/model/."""
+    from fusepipe.train import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    for name in _recipe_targets(config_path, config_json, recipe, target):
+        stage.run(_slice("train", config_path, config_json, name), workdir)
+
+
+def _merge_names(config_path, config_json, recipe, method) -> list[str]:
+    if config_json:
+        if not (recipe and method):
+            raise click.UsageError("--recipe and --method are required together with --config-json")
+        return [f"{recipe}/{method}"]
+    cfg = fpconfig.load(config_path or "config/config.yaml")
+    names = [f"{r.name}/{m}" for r in fpconfig.merge_recipes(cfg) for m in cfg.merge.methods
+             if recipe in (None, r.name) and method in (None, m)]
+    if not names:
+        have = [f"{r.name}/{m}" for r in fpconfig.merge_recipes(cfg) for m in cfg.merge.methods]
+        raise click.BadParameter(f"no merge {recipe or '*'}/{method or '*'}; the config has: "
+                                 f"{', '.join(have) or 'none (no pairwise recipe)'}", param_hint="--recipe/--method")
+    return names
+
+
+@cli.group("merge")
+def merge_group():
+    """Merge a pairwise recipe's trained targets in parameter space: merge/{recipe}/{method}/model/."""
+
+
+merge_options = [
+    click.option("--recipe", help="A pairwise recipe (config `recipes:`); default: all merged ones."),
+    click.option("--method", help="Merge method (config `merge.methods`); default: all."),
+]
+
+
+def with_merge_options(f):
+    for opt in reversed(merge_options):
+        f = opt(f)
+    return f
+
+
+@merge_group.command("run")
+@with_config
+@workdir_option
+@with_merge_options
+def merge_run_cmd(config_path, config_json, workdir, recipe, method):
+    """Merge with the configured method(s), streaming tensor by tensor over safetensors."""
+    from fusepipe.merge import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    for name in _merge_names(config_path, config_json, recipe, method):
+        stage.run_stage(_slice("merge", config_path, config_json, name), workdir)
+
+
+@merge_group.command("export-mergekit")
+@with_config
+@workdir_option
+@with_merge_options
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the YAML here (default: print it).")
+def merge_export_cmd(config_path, config_json, workdir, recipe, method, out):
+    """The mergekit YAML that runs the same merge (notes where the semantics differ)."""
+    from fusepipe import paths
+    from fusepipe.merge.export import export_mergekit
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    texts = []
+    for name in _merge_names(config_path, config_json, recipe, method):
+        params = _slice("merge", config_path, config_json, name)
+        targets = [paths.train_model(workdir, params["recipe"], t) for t in params["targets"]]
+        texts.append(export_mergekit(params["merge"], params["pivot"]["path"], targets))
+    text = "---\n".join(texts)
+    if out:
+        Path(out).write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--sample-id", help="Show only this row.")

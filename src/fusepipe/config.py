@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fusepipe.errors import ConfigError
+from fusepipe.merge.params import MergeConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -188,6 +189,98 @@ class AlignConfig(Strict):
     )
 
 
+class FusionConfig(Strict):
+    """How a recipe builds its targets from the aligned distributions (fusepipe.fuse; docs/train.md)."""
+
+    function: Literal["mince", "udf", "naive"] = Field(
+        default="mince",
+        description="Training mode (gt): mince (lowest CE on the ground truth wins; FuseChat/ProFuser), udf "
+        "(uncertainty-weighted mixture; InfiFusion Eq. 4-5), naive (every distribution its own target).",
+    )
+    ce_norm: Literal["token", "byte"] = Field(
+        default="token",
+        description="MinCE: CE per token (papers) or per UTF-8 byte (fair across tokenizers).",
+    )
+    udf_granularity: Literal["token", "sequence"] = "token"
+    udf_epsilon: float = Field(default=1e-6, gt=0)
+    udf_include_pivot: bool = Field(
+        default=False, description="UDF: mix the pivot's own distribution too (Eq. 4 sums the sources only)."
+    )
+    vote: Literal["pair", "all"] = Field(
+        default="pair",
+        description="Inference mode: the winner of the vote within the (pivot, source) pair, or over all.",
+    )
+
+
+class PhaseConfig(Strict):
+    """One phase of a schedule: its data (modes), epochs and loss weights.
+
+    L = Σ_mode w_mode · (sft_weight · L_SFT + fusion_weight · L_fusion), token mean (ProFuser Eq. 4-5)."""
+
+    name: str = "train"
+    modes: list[Literal["gt", "inf"]] = Field(default=["gt"], min_length=1)
+    epochs: float = Field(default=1.0, gt=0)
+    sft_weight: float = Field(default=1.0, ge=0)
+    fusion_weight: float = Field(default=0.0, ge=0)
+    mode_weights: dict[str, float] = Field(default_factory=dict, description="w per mode (default 1).")
+    order: Literal["shuffle", "length"] = Field(
+        default="shuffle", description="length: short to long ground truth (ProFuser's GTLen curriculum)."
+    )
+
+
+class TrainConfig(Strict):
+    """DeepSpeed ZeRO fine-tuning of the pivot (fusepipe.train)."""
+
+    lr: float = Field(default=5e-6, gt=0)
+    global_batch: int = Field(default=128, ge=1, description="Sequences per optimizer step (all ranks).")
+    micro_batch: int = Field(default=4, ge=1, description="Sequences per forward pass and rank.")
+    max_len: int = Field(default=2048, ge=16)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    zero_stage: Literal[2, 3] = 2
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="auto: bfloat16 on GPUs, float32 on CPUs."
+    )
+    gradient_checkpointing: bool = True
+    loss: Literal["ce", "kl", "reverse_kl", "jsd"] = "ce"
+    temperature: float = Field(default=1.0, gt=0, description="Distillation temperature on the teacher top-k.")
+    save_every: int = Field(default=200, ge=1, description="Checkpoint every N optimizer steps.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after N steps (smoke tests).")
+    epochs_scale: float = Field(default=1.0, gt=0, description="Multiplies every phase's epochs (short runs).")
+    keep_checkpoints: bool = Field(default=False, description="Keep checkpoints/ after the model is written.")
+    seed: int = 0
+    gpus: int = Field(default=1, ge=1, description="Processes (GPUs) per training job on a cluster node.")
+
+
+RECIPE_KINDS = ("fusechat", "profuser", "infifusion_pairwise", "infifusion_unified", "sft")
+SCHEDULES = ("fusechat", "profuser", "csft", "fuse", "simulfuse", "reversefuse", "gtlen", "infifusion", "sft")
+
+
+class RecipeConfig(Strict):
+    """A fusion recipe: what to train (targets), from which fused distributions, on which schedule."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["fusechat", "profuser", "infifusion_pairwise", "infifusion_unified", "sft"]
+    pairwise: bool | None = Field(
+        default=None, description="One target per source (merged later) or one unified target; default by kind."
+    )
+    fusion: FusionConfig = FusionConfig()
+    schedule: str | list[PhaseConfig] | None = Field(
+        default=None, description=f"A named schedule ({', '.join(SCHEDULES)}) or a list of phases; default by kind."
+    )
+    train: TrainConfig = TrainConfig()
+
+
+class MergeStageConfig(MergeConfig):
+    """Merging each pairwise recipe's targets (`merge/{recipe}/{method}/model/`; docs/merge.md)."""
+
+    methods: list[Literal["sce", "rsaf", "task_arithmetic", "ties", "dare", "linear", "slerp"]] = Field(
+        default=["sce"], description="Methods to merge with, one model each (FuseChat: sce; InfiFusion: rsaf)."
+    )
+    recipes: list[str] | None = Field(default=None, description="Recipes to merge; None = every pairwise one.")
+
+
 class Config(Strict):
     workdir: str = "results"
     toy: ToyConfig = ToyConfig()
@@ -199,6 +292,8 @@ class Config(Strict):
     vote: VoteConfig = VoteConfig()
     logits: LogitsConfig = LogitsConfig()
     align: AlignConfig = AlignConfig()
+    recipes: list[RecipeConfig] = Field(default_factory=list)
+    merge: MergeStageConfig = MergeStageConfig()
 
     @model_validator(mode="after")
     def _roles(self) -> Config:
@@ -277,9 +372,13 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
 
 def load_dict(raw: dict[str, Any], origin: str = "config") -> Config:
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, origin)) from None
+    from fusepipe import recipes
+
+    recipes.check(cfg)
+    return cfg
 
 
 def load(path: str | Path) -> Config:
@@ -322,6 +421,74 @@ def _vote_slice(cfg: Config) -> dict[str, Any]:
     }
 
 
+def _recipe_target(cfg: Config, target: str | None) -> tuple[RecipeConfig, str]:
+    """`recipe/target` -> (recipe, target), checked against the config."""
+    from fusepipe import recipes
+
+    name, _, model = (target or "").partition("/")
+    recipe = next((r for r in cfg.recipes if r.name == name), None)
+    if recipe is None or model not in recipes.targets(cfg, recipe):
+        choices = [f"{r.name}/{t}" for r in cfg.recipes for t in recipes.targets(cfg, r)]
+        raise ConfigError(f"no recipe target {target!r}; the config has: {', '.join(choices) or 'no recipes'}")
+    return recipe, model
+
+
+def _fuse_slice(cfg: Config, target: str | None) -> dict[str, Any]:
+    from fusepipe import recipes
+
+    recipe, model = _recipe_target(cfg, target)
+    res = recipes.resolve(recipe)
+    return {
+        "recipe": {k: res[k] for k in ("name", "kind", "pairwise", "fusion", "modes")},
+        "target": model,
+        "members": recipes.members(cfg, res, model),
+        "generators": [m.name for m in cfg.generators],
+        "pivot": _dump(cfg.pivot),
+        "logits": {"k": cfg.logits.k, "shards": cfg.logits.shards, "overlong": cfg.logits.overlong},
+        "align_k": cfg.align.k or cfg.logits.k,
+        "gen_shards": cfg.generate.shards,
+    }
+
+
+def _train_slice(cfg: Config, target: str | None) -> dict[str, Any]:
+    from fusepipe import recipes
+
+    recipe, model = _recipe_target(cfg, target)
+    res = recipes.resolve(recipe)
+    return {
+        "recipe": {k: res[k] for k in ("name", "kind", "schedule_name", "schedule", "train", "modes")},
+        "target": model,
+        "pivot": _dump(cfg.pivot),
+        "shards": cfg.logits.shards,
+    }
+
+
+def merge_recipes(cfg: Config) -> list[RecipeConfig]:
+    """The recipes whose targets are merged: the pairwise ones (or those `merge.recipes` names)."""
+    from fusepipe import recipes
+
+    wanted = cfg.merge.recipes
+    return [r for r in cfg.recipes if (wanted is None and recipes.resolve(r)["pairwise"]) or (wanted and r.name in wanted)]
+
+
+def _merge_slice(cfg: Config, target: str | None) -> dict[str, Any]:
+    from fusepipe import recipes
+
+    name, _, method = (target or "").partition("/")
+    recipe = next((r for r in merge_recipes(cfg) if r.name == name), None)
+    if recipe is None or method not in cfg.merge.methods:
+        choices = [f"{r.name}/{m}" for r in merge_recipes(cfg) for m in cfg.merge.methods]
+        raise ConfigError(f"no merge {target!r}; the config has: {', '.join(choices) or 'none'}")
+    settings = cfg.merge.model_dump(mode="json", exclude={"methods", "recipes"})
+    keep = ("method", "embedding_policy", "dtype", "max_shard_bytes", "threads", method)
+    return {
+        "merge": {k: v for k, v in {**settings, "method": method}.items() if k in keep},
+        "recipe": recipe.name,
+        "targets": recipes.targets(cfg, recipe),
+        "pivot": _dump(cfg.pivot, TOKENIZER_KEYS),
+    }
+
+
 STAGE_SLICES: dict[str, Any] = {
     "toy_world": lambda cfg, target: {"toy": _dump(cfg.toy)},
     "data": lambda cfg, target: {"data": _dump(cfg.data), "pivot": _dump(cfg.pivot, TOKENIZER_KEYS)},
@@ -334,6 +501,9 @@ STAGE_SLICES: dict[str, Any] = {
     },
     "vote": lambda cfg, target: _vote_slice(cfg),
     "logits": lambda cfg, target: {"logits": _dump(cfg.logits), "model": _dump(cfg.model(target))},
+    "fuse": lambda cfg, target: _fuse_slice(cfg, target),
+    "train": lambda cfg, target: _train_slice(cfg, target),
+    "merge": lambda cfg, target: _merge_slice(cfg, target),
     "align": lambda cfg, target: {
         "align": _dump(cfg.align),
         "logits": {key: getattr(cfg.logits, key) for key in ("k", "shards", "overlong")},

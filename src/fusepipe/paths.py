@@ -64,3 +64,20 @@ def align_vocab(workdir: str | Path, pivot: str, source: str) -> str:
 
 def align_coverage(workdir: str | Path, pivot: str, source: str) -> str:
     return f"{align_dir(workdir, pivot, source)}/coverage.json"
+
+
+def targets_shard(workdir: str | Path, recipe: str, target: str, shard: int | str) -> str:
+    return f"{workdir}/targets/{recipe}/{target}/{shard_name(shard)}"
+
+
+def train_dir(workdir: str | Path, recipe: str, target: str) -> str:
+    return f"{workdir}/train/{recipe}/{target}"
+
+
+def train_model(workdir: str | Path, recipe: str, target: str) -> str:
+    """The consolidated Hugging Face folder of a trained target (the train rule's declared output)."""
+    return f"{train_dir(workdir, recipe, target)}/model"
+
+
+def merge_model(workdir: str | Path, recipe: str, method: str) -> str:
+    return f"{workdir}/merge/{recipe}/{method}/model"

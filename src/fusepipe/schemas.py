@@ -167,6 +167,31 @@ def aligned_schema(k: int = LOGITS_K) -> pa.Schema:
 
 ALIGNED = aligned_schema(LOGITS_K)
 
+
+# targets: what one (recipe, target) trains on, one row per (sample, mode, distribution): the conversation as
+# trained (mode inf: prompt + voted response), the pivot's target token ids, the fused sparse distribution over
+# pivot ids at each of them (fp32, -1 / -inf pads), `valid` per position, the model it came from ("udf" for a
+# mixture), and a loss weight (several rows of one sample and mode are summed, e.g. the naive function).
+def targets_schema(k: int = LOGITS_K) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("mode", pa.string(), nullable=False),
+            pa.field("model", pa.string(), nullable=False),
+            pa.field("weight", pa.float32(), nullable=False),
+            pa.field("messages", pa.list_(MESSAGE), nullable=False),
+            pa.field("n_tokens", pa.int32(), nullable=False),
+            pa.field("token_ids", _items(pa.int32()), nullable=False),
+            pa.field("topk_ids", _items(pa.int32(), k), nullable=False),
+            pa.field("topk_logprobs", _items(pa.float32(), k), nullable=False),
+            pa.field("valid", _items(pa.bool_()), nullable=False),
+        ],
+        metadata={"fusepipe.schema": "targets", "fusepipe.targets.k": str(k)},
+    )
+
+
+TARGETS = targets_schema(LOGITS_K)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "conversation": CONVERSATION,
     "generation": GENERATION,
@@ -174,6 +199,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "vote": VOTE,
     "logits": LOGITS,
     "aligned": ALIGNED,
+    "targets": TARGETS,
 }
 
 

@@ -24,27 +24,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fusepipe.artifacts import atomic_path
-from fusepipe.merge.methods import (
-    DareParams,
-    LinearParams,
-    MergeError,
-    Method,
-    Params,
-    RsafParams,
-    SceParams,
-    SlerpParams,
-    TaskArithmeticParams,
-    TiesParams,
-    blocks,
-    get_method,
-    validate,
-)
+from fusepipe.merge.methods import Method, Params, blocks, get_method, validate
+from fusepipe.merge.params import MergeConfig, MergeError, load_config  # noqa: F401  (re-exported)
 from fusepipe.progress import track
 
 log = logging.getLogger(__name__)
@@ -62,53 +48,6 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 WRITE_BLOCK = 1 << 20
 """Elements per block when deltas are built and outputs cast (4 MiB of fp32)."""
 FAULT_AROUND = 1 << 16
-
-
-class MergeConfig(BaseModel):
-    """The `merge` stage's settings: the method, its parameters, and how the output is written."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["sce", "rsaf", "task_arithmetic", "ties", "dare", "linear", "slerp"] = "sce"
-    sce: SceParams = SceParams()
-    rsaf: RsafParams = RsafParams()
-    task_arithmetic: TaskArithmeticParams = TaskArithmeticParams()
-    ties: TiesParams = TiesParams()
-    dare: DareParams = DareParams()
-    linear: LinearParams = LinearParams()
-    slerp: SlerpParams = SlerpParams()
-    embedding_policy: Literal["crop", "pivot"] = Field(
-        default="crop",
-        description="Embeddings/LM heads whose row counts differ. Both keep the pivot's rows (its tokenizer "
-        "is copied). crop (FuseChat): cut longer targets to the pivot's rows; a shorter target is an error. "
-        "pivot: merge the rows every model has; rows only some models have keep the pivot's values.",
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Output dtype of floating tensors; auto = the pivot's, per tensor."
-    )
-    max_shard_bytes: int = Field(default=5_000_000_000, ge=1, description="Largest output shard in bytes.")
-    threads: int = Field(
-        default=1,
-        ge=1,
-        description="torch intra-op threads while merging. Blocks are cache-sized, so OpenMP synchronising "
-        "every op outweighs a second thread on small or shared machines (measured 2-6x slower with 2 threads "
-        "on 2 cores); measure before raising it.",
-    )
-
-    def method_params(self) -> Params:
-        return getattr(self, self.method)
-
-
-def load_config(params: dict[str, Any] | MergeConfig) -> MergeConfig:
-    """Validate the merge config slice; a bad key or value is a one-line MergeError."""
-    if isinstance(params, MergeConfig):
-        return params
-    try:
-        return MergeConfig.model_validate(params)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise MergeError(f"merge config: {where}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,19 +21,26 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from fusepipe.errors import FusepipeError
+from fusepipe.merge.params import (  # noqa: F401  (re-exported: the parameter models live with the config)
+    WEIGHTS_DOC,
+    DareParams,
+    LinearParams,
+    MergeError,
+    Params,
+    RsafParams,
+    SceParams,
+    SlerpParams,
+    TaskArithmeticParams,
+    TiesParams,
+    Weights,
+)
 
 CHUNK = 1 << 16
 """Elements per block (per model row). Small enough to keep a block's temporaries in cache."""
-
-
-class MergeError(FusepipeError, ValueError):
-    """A merge input or setting a user can fix; the message is one line naming tensor, models and fix."""
 
 
 @dataclass
@@ -42,103 +49,6 @@ class Merged:
 
     tensor: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Parameter models
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-Weights = list[float] | None
-WEIGHTS_DOC = "Per-target weights, in target order; None = 1 each."
-
-
-class SceParams(Params):
-    """SCE, FuseChat §2.4 Algorithm 1 (Eq. 5-9)."""
-
-    tau: float = Field(
-        default=0.1,
-        gt=0,
-        le=1,
-        description="Select ratio τ: top fraction of elements by variance (FuseChat B.2: 0.1).",
-    )
-    semantics: Literal["fusechat", "mergekit"] = Field(
-        default="fusechat",
-        description="fusechat: the selection mask only feeds the coefficients, erase/merge use full deltas "
-        "(FuseChat's sce_merging.py); mergekit: the mask is applied to the deltas (mergekit's `sce`).",
-    )
-
-
-class RsafParams(Params):
-    """RSAF, InfiFusion Appendix A Algorithm 1 (Eq. 8-13)."""
-
-    tau: float = Field(default=0.1, gt=0, le=1, description="Base top-K ratio τ (InfiFusion App. B: 0.1).")
-    rate: Literal["element", "matrix"] = Field(
-        default="element",
-        description="element: r = |δ|/(|θ_pivot|+ε) per element (Eq. 8); matrix: r = |δ|/(RMS(θ_pivot)+ε), "
-        "whose skewness is that of |δ|.",
-    )
-    select_by: Literal["magnitude", "rate"] = Field(
-        default="magnitude", description="Rank elements by |δ| (TIES-style Select) or by the rate r."
-    )
-    eps: float = Field(default=1e-8, gt=0, description="ε in the rate's denominator.")
-    disjoint_mean: bool = Field(
-        default=True,
-        description="true: divide by Σ_j η_j e_j per element as SCE's code does; false: Eq. 13 literally "
-        "(θ + Σ_j η_j δ'_j).",
-    )
-
-
-class TaskArithmeticParams(Params):
-    """Task arithmetic, Ilharco et al. 2023: θ = θ_pivot + λ Σ_j w_j δ_j."""
-
-    scaling: float = Field(default=0.3, description="λ (FuseChat B.2 best of 0.3/0.4/0.5).")
-    weights: Weights = Field(default=None, description=WEIGHTS_DOC)
-
-
-class TiesParams(Params):
-    """TIES, Yadav et al. 2023: trim, elect sign, disjoint mean."""
-
-    density: float = Field(
-        default=0.6,
-        gt=0,
-        le=1,
-        description="Fraction of each δ_j kept by magnitude (FuseChat B.2: trim 0.4).",
-    )
-    scaling: float = Field(default=1.0, description="λ applied to the merged delta.")
-    weights: Weights = Field(default=None, description=WEIGHTS_DOC)
-
-
-class DareParams(Params):
-    """DARE, Yu et al. 2024: drop each delta element with probability p, rescale by 1/(1-p), combine."""
-
-    drop_rate: float = Field(default=0.4, ge=0, lt=1, description="Drop probability p (FuseChat B.2: 0.4).")
-    rescale: bool = Field(default=True, description="Multiply kept elements by 1/(1-p).")
-    seed: int = Field(default=0, description="Seed; each (tensor, target) draws from its own derived stream.")
-    combine: Literal["ties", "linear"] = Field(
-        default="ties", description="ties: sign election + disjoint mean; linear: weighted mean Σ w δ / Σ w."
-    )
-    scaling: float = Field(default=1.0, description="λ applied to the merged delta.")
-    weights: Weights = Field(default=None, description=WEIGHTS_DOC)
-
-
-class LinearParams(Params):
-    """Linear (model soup), Wortsman et al. 2022: θ = Σ_j w_j θ_j / Σ_j w_j over the targets."""
-
-    weights: Weights = Field(default=None, description=WEIGHTS_DOC)
-
-
-class SlerpParams(Params):
-    """SLERP between two models (Shoemake 1985), per tensor, as mergekit's `slerp`."""
-
-    t: float = Field(default=0.5, ge=0, le=1, description="Interpolation factor; 0 = first endpoint.")
-    dot_threshold: float = Field(
-        default=0.9995, gt=0, le=1, description="|cos Ω| above this falls back to linear interpolation."
-    )
-    eps: float = Field(default=1e-8, gt=0, description="Norms at or below ε are not normalised.")
 
 
 # ---------------------------------------------------------------------------------------------------

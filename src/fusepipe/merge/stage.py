@@ -37,3 +37,22 @@ def summarize(tensors: dict[str, dict[str, Any]]) -> dict[str, Any]:
         else:
             out[f"mean_{key}"] = round(fmean(values), 6)
     return out
+
+
+def run_stage(params: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """The pipeline's merge job: the recipe's trained targets onto the pivot -> merge/{recipe}/{method}/model/,
+    with `_manifest.json` beside it."""
+    from pathlib import Path
+
+    from fusepipe import paths
+    from fusepipe.artifacts import Manifest
+
+    method = params["merge"]["method"]
+    targets = [paths.train_model(workdir, params["recipe"], t) for t in params["targets"]]
+    out = Path(paths.merge_model(workdir, params["recipe"], method))
+    manifest = Manifest("merge", params, inputs={"pivot": params["pivot"]["path"], "targets": targets})
+    with manifest.phase("merge"):
+        extras = run(params["merge"], {"pivot": params["pivot"]["path"], "targets": targets}, {"model": out})
+    manifest.data.update(extras)
+    manifest.write(out.parent)
+    return manifest.data

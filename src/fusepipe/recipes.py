@@ -1,0 +1,118 @@
+"""Recipes: the papers' training setups as named defaults, resolved into plain settings for `fuse` and `train`.
+
+A recipe's `kind` fills every field the config leaves unset:
+
+| kind | targets | gt fusion | inf vote | schedule | lr | loss |
+| --- | --- | --- | --- | --- | --- | --- |
+| fusechat (FuseChat §2.3) | one per source | MinCE of the pair | — | fusechat: gt 3 ep, λ=0.9 | 5e-6 | ce |
+| profuser (ProFuser) | one, all sources | MinCE of all | vote of all | profuser: inf 1 ep β=.1, then both 2 ep β=.5, w1=.1 w2=1 | 1.5e-5 | kl |
+| infifusion_pairwise (InfiFusion §2.3) | one per source | MinCE of the pair | — | infifusion: gt 5 ep, λ=.5 | 1e-6 | ce |
+| infifusion_unified (InfiFusion Eq. 4-7) | one, all sources | UDF | — | infifusion | 1e-6 | ce |
+| sft (baseline) | one | the pivot's own (unused) | — | sft: gt 3 ep, SFT only | 5e-6 | ce |
+
+Schedules (ProFuser's and its baselines, Table 3): `csft` SFT only; `fuse` training mode only; `simulfuse` both
+modes at once; `reversefuse` training mode then both (mirror of profuser); `gtlen` training mode ordered short to
+long ground truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fusepipe.config import SCHEDULES, Config, PhaseConfig, RecipeConfig
+from fusepipe.errors import ConfigError
+
+
+def _phase(name, modes, epochs, sft, fusion, weights=None, order="shuffle") -> PhaseConfig:
+    return PhaseConfig(name=name, modes=modes, epochs=epochs, sft_weight=sft, fusion_weight=fusion,
+                       mode_weights=weights or {}, order=order)
+
+
+NAMED_SCHEDULES: dict[str, list[PhaseConfig]] = {
+    "fusechat": [_phase("fuse", ["gt"], 3, 0.9, 0.1)],  # FuseChat: L = λ·SFT + (1-λ)·fusion, λ = 0.9
+    "profuser": [  # ProFuser "Training Details": phase 1 inference mode, phase 2 co-fusion (Eq. 4-5)
+        _phase("inference", ["inf"], 1, 1.0, 0.1),
+        _phase("co-fusion", ["inf", "gt"], 2, 1.0, 0.5, {"inf": 0.1, "gt": 1.0}),
+    ],
+    "csft": [_phase("sft", ["gt"], 3, 1.0, 0.0)],
+    "fuse": [_phase("train-mode", ["gt"], 3, 1.0, 0.5)],
+    "simulfuse": [_phase("simultaneous", ["inf", "gt"], 3, 1.0, 0.5)],
+    "reversefuse": [
+        _phase("training", ["gt"], 1, 1.0, 0.1),
+        _phase("co-fusion", ["gt", "inf"], 2, 1.0, 0.5, {"gt": 0.1, "inf": 1.0}),
+    ],
+    "gtlen": [_phase("gtlen", ["gt"], 3, 1.0, 0.5, order="length")],
+    "infifusion": [_phase("fuse", ["gt"], 5, 0.5, 0.5)],  # InfiFusion Eq. 7: (1-λ)·SFT + λ·fusion, λ = 0.5
+    "sft": [_phase("sft", ["gt"], 3, 1.0, 0.0)],
+}
+assert set(NAMED_SCHEDULES) == set(SCHEDULES)
+
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fusechat": {"pairwise": True, "schedule": "fusechat", "fusion": {"function": "mince"},
+                 "train": {"lr": 5e-6, "loss": "ce"}},
+    "profuser": {"pairwise": False, "schedule": "profuser", "fusion": {"function": "mince", "vote": "all"},
+                 "train": {"lr": 1.5e-5, "loss": "kl"}},
+    "infifusion_pairwise": {"pairwise": True, "schedule": "infifusion", "fusion": {"function": "mince"},
+                            "train": {"lr": 1e-6, "loss": "ce"}},
+    "infifusion_unified": {"pairwise": False, "schedule": "infifusion", "fusion": {"function": "udf"},
+                           "train": {"lr": 1e-6, "loss": "ce"}},
+    "sft": {"pairwise": False, "schedule": "sft", "fusion": {"function": "mince"}, "train": {"lr": 5e-6}},
+}
+UNIFIED_TARGET = "all"
+SFT_TARGET = "sft"
+
+
+def resolve(recipe: RecipeConfig) -> dict[str, Any]:
+    """The recipe as plain settings, the kind's defaults under what the config sets explicitly."""
+    d = KIND_DEFAULTS[recipe.kind]
+    out = recipe.model_dump(mode="json")
+    if recipe.pairwise is None:
+        out["pairwise"] = d["pairwise"]
+    for part in ("fusion", "train"):
+        given = getattr(recipe, part).model_fields_set
+        out[part].update({k: v for k, v in d.get(part, {}).items() if k not in given})
+    schedule = recipe.schedule if recipe.schedule is not None else d["schedule"]
+    if isinstance(schedule, str):
+        if schedule not in NAMED_SCHEDULES:
+            raise ConfigError(f"recipe {recipe.name!r}: unknown schedule {schedule!r}; named schedules: "
+                              f"{', '.join(NAMED_SCHEDULES)}, or a list of phases")
+        out["schedule_name"] = schedule
+        schedule = NAMED_SCHEDULES[schedule]
+    else:
+        out["schedule_name"] = "custom"
+    out["schedule"] = [p.model_dump(mode="json") for p in schedule]
+    out["modes"] = sorted({m for p in out["schedule"] for m in p["modes"]})
+    return out
+
+
+def targets(cfg: Config, recipe: RecipeConfig) -> list[str]:
+    """The models a recipe trains: one per source (pairwise), or one."""
+    if recipe.kind == "sft":
+        return [SFT_TARGET]
+    return [m.name for m in cfg.sources] if resolve(recipe)["pairwise"] else [UNIFIED_TARGET]
+
+
+def members(cfg: Config, recipe: dict[str, Any], target: str) -> list[str]:
+    """The models whose distributions a target fuses, pivot first."""
+    if recipe["kind"] == "sft":
+        return [cfg.pivot.name]
+    if target == UNIFIED_TARGET:
+        return [cfg.pivot.name, *[m.name for m in cfg.sources]]
+    return [cfg.pivot.name, target]
+
+
+def check(cfg: Config) -> None:
+    """Recipe problems the schema cannot see: unique names, modes the logits stage captures."""
+    names = [r.name for r in cfg.recipes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"recipes: names must be unique (duplicated: {', '.join(dupes)})")
+    unknown = [n for n in (cfg.merge.recipes or []) if n not in names]
+    if unknown:
+        raise ConfigError(f"merge.recipes: no recipe named {', '.join(unknown)} (recipes: {', '.join(names)})")
+    for r in cfg.recipes:
+        res = resolve(r)
+        missing = [m for m in res["modes"] if m not in cfg.logits.modes]
+        if missing:
+            raise ConfigError(f"recipe {r.name!r}: its schedule trains on mode(s) {', '.join(missing)} but "
+                              f"logits.modes is {cfg.logits.modes}; add them there or pick another schedule")
