@@ -6,10 +6,9 @@
 One full training step = forward + backward + AdamW step of a random-weight Llama (`transformers.LlamaConfig`),
 same batch and loss weights (FuseChat: λ = 0.9 on SFT, 0.1 on the fusion CE, teacher top-k = 10) in each variant:
 - sft: plain SFT the HF way, `model(input_ids, labels=labels).loss` (full logits [B, T, V], then CE).
-- sparse: SFT + `fusepipe.losses.token_losses` (kind "ce"): backbone hidden states
-  (`getattr(model, model.base_model_prefix)`), then `model.get_output_embeddings()` on chunks of `--chunk`
-  target positions. Each chunk's loss is backpropagated at once into a detached copy of the hidden states
-  (whose gradient is passed to the backbone at the end), so only one chunk's [chunk, V] logits is alive.
+- sparse: what the trainer runs, `fusepipe.train.loop.micro_batch_loss`: backbone hidden states, then the LM head
+  on chunks of `--chunk` target positions inside `ChunkedHeadLoss`, which takes each chunk's gradients at once
+  (SFT + `fusepipe.losses.token_losses`, kind "ce"), so only one chunk's [chunk, V] logits is alive.
 - sparse_1bw: the same chunks but ONE backward at the end: autograd keeps every chunk's logits (logsumexp saves
   its input), so memory is that of full logits. Shown to make the point that chunking alone does not save it.
 - dense: FuseChat's way: the same forward as sft, plus a DENSE [B, T−1, V] target built in the step by scattering
@@ -151,7 +150,22 @@ def _sparse(model, batch, size, backward_per_chunk: bool):
 
 
 def step_sparse(model, batch, size):
-    _sparse(model, batch, size, backward_per_chunk=True)
+    """The trainer's own path: `fusepipe.train.loop.micro_batch_loss` (backbone, then `ChunkedHeadLoss`)."""
+    from fusepipe.train import loop
+
+    loop.POSITION_CHUNK = size.chunk
+    if "row" not in batch:  # the trainer's micro-batch layout, built once per process
+        rows, cols = batch["target"].nonzero(as_tuple=True)
+        n = len(rows)
+        batch.update(row=rows, pos=cols + 1, t_ids=batch["topk_ids"].long(), t_lp=batch["topk_lps"],
+                     sft_w=torch.full((n,), LAMBDA, device=rows.device),
+                     fus_w=torch.full((n,), 1 - LAMBDA, device=rows.device),
+                     inf=torch.zeros(n, dtype=torch.bool, device=rows.device))
+    mb = {"input_ids": batch["input_ids"], "attention_mask": torch.ones_like(batch["input_ids"]),
+          "labels": batch["tgt_labels"], **{k: batch[k] for k in ("row", "pos", "t_ids", "t_lp", "sft_w", "fus_w",
+                                                                    "inf")}}
+    total, _ = loop.micro_batch_loss(model, mb, "ce", 1.0, batch["input_ids"].device)
+    (total / len(mb["labels"])).backward()
 
 
 def step_sparse_1bw(model, batch, size):

@@ -130,8 +130,73 @@ def backbone_of(model):
     return base
 
 
+class ChunkedHeadLoss:
+    """Σ_t [a_t·SFT_t + b_t·D_t] through the LM head, one chunk of positions at a time, never keeping a chunk's
+    logits: each chunk's gradients w.r.t. the hidden states and the head weight are taken right away (as fused
+    linear-cross-entropy kernels do) and handed to autograd as the node's gradient. Peak extra memory: one
+    chunk's [positions × vocab] logits, plus [positions × hidden] and the head's weight-sized gradient."""
+
+    @staticmethod
+    def apply(h, weight, bias, batch, kind, temperature, softcap, parts):
+        import torch
+
+        from fusepipe.losses import token_losses
+
+        class _Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, h_in, w_in, b_in):
+                grad_h = torch.zeros_like(h_in, dtype=torch.float32)
+                grad_w = torch.zeros_like(w_in, dtype=torch.float32)
+                grad_b = None if b_in is None else torch.zeros_like(b_in, dtype=torch.float32)
+                total = torch.zeros((), dtype=torch.float32, device=h_in.device)
+                for start in range(0, len(h_in), POSITION_CHUNK):
+                    sl = slice(start, start + POSITION_CHUNK)
+                    with torch.enable_grad():
+                        hc = h_in[sl].detach().requires_grad_(True)
+                        wc = w_in.detach().requires_grad_(True)
+                        bc = None if b_in is None else b_in.detach().requires_grad_(True)
+                        logits = torch.nn.functional.linear(hc, wc, bc)
+                        if softcap:
+                            logits = softcap * torch.tanh(logits / softcap)
+                        sft, fusion = token_losses(logits, batch["labels"][sl], batch["t_ids"][sl],
+                                                   batch["t_lp"][sl], kind=kind, temperature=temperature)
+                        loss = (batch["sft_w"][sl] * sft).sum() + (batch["fus_w"][sl] * fusion).sum()
+                        grads = torch.autograd.grad(loss, [hc, wc] + ([bc] if bc is not None else []))
+                    grad_h[sl] = grads[0]
+                    grad_w += grads[1]
+                    if bc is not None:
+                        grad_b += grads[2]
+                    total += loss.detach()
+                    _log_parts(parts, batch, sl, sft.detach(), fusion.detach())
+                ctx.save_for_backward(grad_h, grad_w, *([] if grad_b is None else [grad_b]))
+                ctx.has_bias = grad_b is not None
+                return total
+
+            @staticmethod
+            def backward(ctx, grad_out):
+                saved = ctx.saved_tensors
+                gh, gw = saved[0] * grad_out, saved[1] * grad_out
+                gb = saved[2] * grad_out if ctx.has_bias else None
+                return gh.to(h.dtype), gw.to(weight.dtype), (gb.to(bias.dtype) if gb is not None else None)
+
+        return _Fn.apply(h, weight, bias)
+
+
+def _log_parts(parts: dict[str, float], batch: dict[str, Any], sl: slice, sft, fusion) -> None:
+    inf = batch["inf"][sl]
+    first = batch["sft_w"][sl] > 0  # SFT is counted once per position (the first teacher row)
+    parts["sft_gt"] += float(sft[~inf & first].sum())
+    parts["sft_inf"] += float(sft[inf & first].sum())
+    parts["fusion_gt"] += float(fusion[~inf].sum())
+    parts["fusion_inf"] += float(fusion[inf].sum())
+
+
 def micro_batch_loss(model, batch: dict[str, Any], loss_kind: str, temperature: float, device) -> tuple[Any, dict]:
-    """Σ_t loss_t over the micro-batch (not yet normalised), and its parts for the log."""
+    """Σ_t loss_t over the micro-batch (not yet normalised), and its parts for the log.
+
+    The head runs only at target positions. Where its weight is a plain tensor, `ChunkedHeadLoss` keeps one
+    chunk of logits at a time; under ZeRO-3 (partitioned weight, gathered by the module's hooks) the head is
+    called as a module per chunk and autograd keeps each chunk's logits."""
     import torch
 
     from fusepipe.losses import token_losses
@@ -139,23 +204,22 @@ def micro_batch_loss(model, batch: dict[str, Any], loss_kind: str, temperature: 
     batch = {k: v.to(device) for k, v in batch.items()}
     hidden = backbone_of(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
     h = hidden[batch["row"], batch["pos"] - 1]  # the state at t-1 predicts the target token at t
-    total = hidden.new_zeros((), dtype=torch.float32)
     parts = {"sft_gt": 0.0, "sft_inf": 0.0, "fusion_gt": 0.0, "fusion_inf": 0.0}
+    if isinstance(head, torch.nn.Linear) and not hasattr(head.weight, "ds_id"):
+        total = ChunkedHeadLoss.apply(h, head.weight, head.bias, batch, loss_kind, temperature, softcap, parts)
+        return total, parts
+    total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, len(h), POSITION_CHUNK):
         sl = slice(start, start + POSITION_CHUNK)
         logits = head(h[sl])
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
         sft, fusion = token_losses(logits, batch["labels"][sl], batch["t_ids"][sl], batch["t_lp"][sl],
                                    kind=loss_kind, temperature=temperature)
         total = total + (batch["sft_w"][sl] * sft).sum() + (batch["fus_w"][sl] * fusion).sum()
-        inf = batch["inf"][sl]
-        first = batch["sft_w"][sl] > 0
-        for name, values, sel in (("sft", sft, first), ("fusion", fusion, None)):
-            v = values.detach()
-            gt_sel = ~inf if sel is None else (~inf & sel)
-            inf_sel = inf if sel is None else (inf & sel)
-            parts[f"{name}_gt"] += float(v[gt_sel].sum())
-            parts[f"{name}_inf"] += float(v[inf_sel].sum())
+        _log_parts(parts, batch, sl, sft.detach(), fusion.detach())
     return total, parts
 
 
