@@ -30,6 +30,8 @@ include: "workflow/rules/logits.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/fuse.smk"
 include: "workflow/rules/merge.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -41,8 +43,13 @@ rule all:
         align_targets(),
         train_targets(),
         merge_targets(),
+        eval_targets(),
+        paths.report_file(W),
     default_target: True
 
 
 onsuccess:
     shell(f"{PY} -m fusepipe summary --workdir {W}")
+    if Path(paths.report_file(W, "summary.txt")).is_file():
+        print(f"\nResults (Δ against the pivot), full report: {paths.report_file(W)}")
+        print(Path(paths.report_file(W, "summary.txt")).read_text())

@@ -350,6 +350,66 @@ def merge_export_cmd(config_path, config_json, workdir, recipe, method, out):
         click.echo(text, nl=False)
 
 
+@cli.command("evaluate")
+@with_config
+@workdir_option
+@click.option("--model", "model", help="Evaluation id (a config model, train.R.T or merge.R.M); default: all.")
+@click.option("--suite", help="Suite name (config evaluate.run); default: all.")
+@click.option("--gather", is_flag=True, help="Only collect the model's suite results into results.json.")
+def evaluate_cmd(config_path, config_json, workdir, model, suite, gather):
+    """Evaluate models on the configured suites: eval/{model}/{suite}.json and eval/{model}/results.json."""
+    from fusepipe import paths
+    from fusepipe.evaluate import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    if config_json:
+        if not model:
+            raise click.UsageError("--model is required together with --config-json")
+        params = json.loads(config_json)
+        if gather:
+            suites = params["suites"]
+            stage.gather(model, [paths.eval_suite(workdir, model, s) for s in suites], paths.eval_results(workdir, model))
+        else:
+            stage.run(params, workdir)
+        return
+    cfg = fpconfig.load(config_path or "config/config.yaml")
+    models = [m for m in fpconfig.eval_models(cfg) if model in (None, m)]
+    suites = [s for s in cfg.eval_suites if suite in (None, s)]
+    if not models or not suites:
+        raise click.BadParameter(f"no evaluation {model or '*'}/{suite or '*'}; models: "
+                                 f"{', '.join(fpconfig.eval_models(cfg))}; suites: {', '.join(cfg.eval_suites)}",
+                                 param_hint="--model/--suite")
+    pivot_first = sorted(models, key=lambda m: m != cfg.pivot.name)  # the rm win rate needs the pivot's answers
+    for m in pivot_first:
+        if not gather:
+            for s in suites:
+                stage.run(fpconfig.stage_slice(cfg, "evaluate", f"{m}/{s}"), workdir)
+        stage.gather(m, [paths.eval_suite(workdir, m, s) for s in cfg.eval_suites], paths.eval_results(workdir, m))
+
+
+@cli.command("report")
+@with_config
+@workdir_option
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: WORKDIR/report).")
+def report_cmd(config_path, config_json, workdir, out):
+    """report/index.html (tables and plots of the whole run) and report/summary.txt (the headline table)."""
+    from fusepipe import paths
+    from fusepipe.report import stage
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    if config_json:
+        params = json.loads(config_json)
+    else:
+        cfg = fpconfig.load(config_path or "config/config.yaml")
+        params = {"pivot": cfg.pivot.name, "models": list(fpconfig.eval_models(cfg))}
+    results = [paths.eval_results(workdir, m) for m in params["models"]]
+    missing = [r for r in results if not Path(r).is_file()]
+    if missing:
+        raise FusepipeError(f"{missing[0]}: missing; run `fusepipe evaluate` first ({len(missing)} model(s) lack results)")
+    done = stage.run(params, workdir, results, out or str(Path(workdir) / "report"))
+    click.echo(done["summary"])
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--sample-id", help="Show only this row.")

@@ -281,6 +281,33 @@ class MergeStageConfig(MergeConfig):
     recipes: list[str] | None = Field(default=None, description="Recipes to merge; None = every pairwise one.")
 
 
+class SuiteConfig(Strict):
+    """An evaluation suite (overrides the preset of the same name; docs/evaluate.md)."""
+
+    kind: Literal["lm_eval", "toy", "rm"] | None = None
+    tasks: list[str] | None = Field(default=None, description="lm-eval tasks as 'name' or 'name:num_fewshot'.")
+    limit: float | None = Field(default=None, gt=0, description="lm-eval: examples per task (or a fraction).")
+    batch_size: int | None = Field(default=None, ge=1)
+    apply_chat_template: bool | None = None
+    max_prompts: int | None = Field(default=None, ge=1, description="rm: held-out prompts judged.")
+    max_tokens: int | None = Field(default=None, ge=1, description="rm: tokens per greedy response.")
+
+
+class EvaluateConfig(Strict):
+    """Which suites every model of the run is evaluated on (fusepipe.evaluate)."""
+
+    run: list[str] | None = Field(
+        default=None,
+        description="Suites per model: presets open_llm, infifusion, fusechat (lm-eval), toy (local task), rm "
+        "(reward-model judge), or names defined under `suites`. None: toy (if the toy world is on) and rm (if "
+        "there are reward models).",
+    )
+    suites: dict[str, SuiteConfig] = Field(default_factory=dict)
+    engine: Literal["auto", "vllm", "hf"] | None = Field(
+        default=None, description="Engine for the rm suite's generation and scoring; None: each model's own."
+    )
+
+
 class Config(Strict):
     workdir: str = "results"
     toy: ToyConfig = ToyConfig()
@@ -294,6 +321,7 @@ class Config(Strict):
     align: AlignConfig = AlignConfig()
     recipes: list[RecipeConfig] = Field(default_factory=list)
     merge: MergeStageConfig = MergeStageConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _roles(self) -> Config:
@@ -336,6 +364,12 @@ class Config(Strict):
         names = self.generate.models
         ordered = [self.pivot, *self.sources]
         return [m for m in ordered if names is None or m.name in names]
+
+    @property
+    def eval_suites(self) -> list[str]:
+        if self.evaluate.run is not None:
+            return self.evaluate.run
+        return (["toy"] if self.toy.enabled else []) + (["rm"] if self.reward_models else [])
 
     def align_modes(self, source: str) -> list[str]:
         """The modes aligned for a (pivot, source) pair: gt always (if captured), inf if the source generates."""
@@ -489,6 +523,45 @@ def _merge_slice(cfg: Config, target: str | None) -> dict[str, Any]:
     }
 
 
+def eval_models(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Every model a run uses or produces, by evaluation id: the config's models by name, each trained target as
+    `train.{recipe}.{target}`, each merged model as `merge.{recipe}.{method}`."""
+    from fusepipe import paths, recipes
+
+    out = {m.name: {"path": m.path, "kind": m.role, "spec": m} for m in cfg.models}
+    for r in cfg.recipes:
+        for t in recipes.targets(cfg, r):
+            out[f"train.{r.name}.{t}"] = {"path": paths.train_model(cfg.workdir, r.name, t), "kind": "train",
+                                          "recipe": r.name, "recipe_kind": r.kind, "target": t, "spec": cfg.pivot}
+    for r in merge_recipes(cfg):
+        for m in cfg.merge.methods:
+            out[f"merge.{r.name}.{m}"] = {"path": paths.merge_model(cfg.workdir, r.name, m), "kind": "merge",
+                                          "recipe": r.name, "method": m, "spec": cfg.pivot}
+    return out
+
+
+def _evaluate_slice(cfg: Config, target: str | None) -> dict[str, Any]:
+    from fusepipe.evaluate import suites
+
+    model, _, suite = (target or "").partition("/")
+    models = eval_models(cfg)
+    if model not in models or suite not in cfg.eval_suites:
+        choices = [f"{m}/{s}" for m in models for s in cfg.eval_suites]
+        raise ConfigError(f"no evaluation {target!r}; the config has: {', '.join(choices[:12])}"
+                          + (" ..." if len(choices) > 12 else ""))
+    info = models[model]
+    spec = {**_dump(info["spec"]), "name": model, "path": info["path"]}
+    engine = {"engine": cfg.evaluate.engine} if cfg.evaluate.engine else {}
+    spec.update(engine)
+    resolved = suites.resolve(suite, {k: v.model_dump(exclude_none=True) for k, v in cfg.evaluate.suites.items()})
+    out: dict[str, Any] = {"suite": resolved, "model": spec,
+                           "about": {k: v for k, v in info.items() if k not in ("spec", "path")},
+                           "pivot": cfg.pivot.name}
+    if resolved["kind"] == "rm":
+        out["reward_models"] = [{**_dump(r), **engine} for r in cfg.reward_models]
+    return out
+
+
 STAGE_SLICES: dict[str, Any] = {
     "toy_world": lambda cfg, target: {"toy": _dump(cfg.toy)},
     "data": lambda cfg, target: {"data": _dump(cfg.data), "pivot": _dump(cfg.pivot, TOKENIZER_KEYS)},
@@ -504,6 +577,7 @@ STAGE_SLICES: dict[str, Any] = {
     "fuse": lambda cfg, target: _fuse_slice(cfg, target),
     "train": lambda cfg, target: _train_slice(cfg, target),
     "merge": lambda cfg, target: _merge_slice(cfg, target),
+    "evaluate": lambda cfg, target: _evaluate_slice(cfg, target),
     "align": lambda cfg, target: {
         "align": _dump(cfg.align),
         "logits": {key: getattr(cfg.logits, key) for key in ("k", "shards", "overlong")},

@@ -202,14 +202,23 @@ def summary(workdir: str | Path) -> None:
         table.add_column(col)
     for manifest_path in sorted(workdir.rglob(MANIFEST)):
         m = json.loads(manifest_path.read_text())
+        if "stage" not in m:
+            continue
         what = ""
         if m["stage"] == "data":
             what = f"train {m['rows']['train']} / eval {m['rows']['eval']} conversations"
         elif m["stage"] == "toy_world":
             what = "; ".join(f"{k}: {v['accuracy']}" for k, v in m["models"].items())
+        elif m["stage"] == "train":
+            what = (f"{manifest_path.parent.parent.name}/{manifest_path.parent.name}: {m.get('steps')} steps, loss "
+                    f"{m.get('first_loss') or 0:.3f} -> {m.get('final_loss') or 0:.3f}")
+        elif m["stage"] == "merge":
+            what = f"{m['config']['recipe']}/{m['method']}: {m.get('n_tensors')} tensors"
+        elif m["stage"] == "report":
+            what = f"{len(m.get('models', []))} models; plots {', '.join(m.get('plots', []))}"
         elif m["stage"] == "vote":
             what = f"{m['prompts']} prompts; wins {m['wins'].get('all')}; RMs agree {m['rm_agreement']['all']:.0%}"
-        table.add_row(m["stage"], what, f"{m['timings_s'].get('total', 0):.1f}")
+        table.add_row(m["stage"], what, f"{m.get('timings_s', {}).get('total', 0):.1f}")
     for stage in ("gen", "reward", "logits/gt", "logits/inf"):  # sharded stages: one manifest per job
         shards = [json.loads(p.read_text()) for p in sorted((workdir / stage).glob("*/shard-*" + MANIFEST))]
         if shards:

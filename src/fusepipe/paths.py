@@ -81,3 +81,16 @@ def train_model(workdir: str | Path, recipe: str, target: str) -> str:
 
 def merge_model(workdir: str | Path, recipe: str, method: str) -> str:
     return f"{workdir}/merge/{recipe}/{method}/model"
+
+
+def eval_suite(workdir: str | Path, model: str, suite: str) -> str:
+    """One model's results on one suite (model: an evaluation id, `config.eval_models`)."""
+    return f"{workdir}/eval/{model}/{suite}.json"
+
+
+def eval_results(workdir: str | Path, model: str) -> str:
+    return f"{workdir}/eval/{model}/results.json"
+
+
+def report_file(workdir: str | Path, name: str = "index.html") -> str:
+    return f"{workdir}/report/{name}"

@@ -110,6 +110,18 @@ def check(cfg: Config) -> None:
     unknown = [n for n in (cfg.merge.recipes or []) if n not in names]
     if unknown:
         raise ConfigError(f"merge.recipes: no recipe named {', '.join(unknown)} (recipes: {', '.join(names)})")
+    from fusepipe.evaluate import suites
+
+    custom = {k: v.model_dump(exclude_none=True) for k, v in cfg.evaluate.suites.items()}
+    for name in cfg.eval_suites:
+        suite = suites.resolve(name, custom)
+        if suite["kind"] == "rm" and not cfg.reward_models:
+            raise ConfigError(f"evaluate.run: suite {name!r} is judged by reward models but reward_models is empty")
+        if suite["kind"] == "toy" and not cfg.toy.enabled:
+            raise ConfigError(f"evaluate.run: suite {name!r} runs on the toy world's benchmark; set toy.enabled "
+                              "or pick lm-eval suites (open_llm, infifusion, fusechat)")
+        if suite["kind"] == "lm_eval" and not suite["tasks"]:
+            raise ConfigError(f"evaluate.suites.{name}: an lm_eval suite needs tasks")
     for r in cfg.recipes:
         res = resolve(r)
         missing = [m for m in res["modes"] if m not in cfg.logits.modes]

@@ -1,0 +1,81 @@
+"""The evaluate stage in the session's `snakemake all` run, and the local lm-eval task on chosen items: a model
+scores 1.0 on the items it answers correctly and 0.0 on those it gets wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from fusepipe import config as fpconfig
+from fusepipe import paths
+from fusepipe.evaluate import stage
+
+
+@pytest.fixture(scope="module")
+def results(pipeline):
+    return pipeline / "results"
+
+
+@pytest.fixture(scope="module")
+def cfg(pipeline):
+    raw = yaml.safe_load((pipeline / "config" / "config.yaml").read_text())
+    return fpconfig.load_dict({**raw, "workdir": str(pipeline / "results")})
+
+
+def test_every_model_has_results_on_every_suite(results, cfg):
+    for model in fpconfig.eval_models(cfg):
+        doc = json.loads((results / "eval" / model / "results.json").read_text())
+        assert set(doc["suites"]) == {"toy", "rm"}
+        assert 0 <= doc["metrics"]["toy_mean"] <= 1 and 0 <= doc["metrics"]["win_rate_vs_pivot"] <= 1
+
+
+def test_toy_suite_reproduces_the_toy_worlds_own_accuracy(results):
+    manifest = json.loads((results / "toy" / "_manifest.json").read_text())
+    for model in ("llama-pivot", "qwen-arith", "gpt2-strings"):
+        got = json.loads((results / "eval" / model / "toy.json").read_text())["metrics"]
+        for domain, acc in manifest["models"][model]["accuracy"].items():
+            assert got[f"toy_{domain}"] == pytest.approx(acc, abs=1 / 30 + 1e-9), (model, domain)
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_local_task_scores_a_model_on_items_it_gets_right_or_wrong(results, cfg, tmp_path, correct):
+    examples = json.loads((results / "eval" / "qwen-arith" / "toy.json").read_text())["examples"]
+    bench = [json.loads(line) for line in (results / "toy" / "data" / "benchmark.jsonl").read_text().splitlines()]
+    chosen = {e["prompt"] for e in examples if e["correct"] == correct and e["domain"] == "arith"}
+    assert chosen
+    (tmp_path / "toy" / "data").mkdir(parents=True)
+    (tmp_path / "toy" / "data" / "benchmark.jsonl").write_text(
+        "".join(json.dumps(b) + "\n" for b in bench if b["prompt"] in chosen))
+    params = fpconfig.stage_slice(cfg, "evaluate", "qwen-arith/toy")
+    got = stage.run_toy(params, tmp_path)["metrics"]
+    assert got["toy_arith"] == (1.0 if correct else 0.0)
+
+
+def test_the_pivot_wins_half_against_itself_and_others_are_judged_on_the_same_prompts(results):
+    pivot = json.loads((results / "eval" / "llama-pivot" / "rm.json").read_text())
+    other = json.loads((results / "eval" / "merge.fusechat.sce" / "rm.json").read_text())
+    assert pivot["metrics"]["win_rate_vs_pivot"] == 0.5
+    assert [p["sample_id"] for p in pivot["per_prompt"]] == [p["sample_id"] for p in other["per_prompt"]]
+    assert set(pivot["per_prompt"][0]["scores"]) == {"rm-large", "rm-medium", "rm-small"}
+
+
+def test_report_matches_the_evaluations(results):
+    rows = (results / "report" / "results.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for line in rows[1:]:
+        cells = dict(zip(header, line.split(","), strict=False))
+        doc = json.loads((results / "eval" / cells["model"] / "results.json").read_text())
+        assert float(cells["toy_mean"]) == pytest.approx(doc["metrics"]["toy_mean"])
+    page = (results / "report" / "index.html").read_text()
+    assert "Training curves" in page and "Merge coefficients" in page and "Alignment coverage" in page
+
+
+def test_evaluate_names_a_model_that_was_not_trained(cfg, tmp_path):
+    params = fpconfig.stage_slice(cfg, "evaluate", "merge.fusechat.sce/toy")
+    params["model"]["path"] = str(tmp_path / "nope")
+    with pytest.raises(Exception) as err:
+        stage.run(params, tmp_path)
+    assert str(err.value) == f"{tmp_path / 'nope'}: missing; run the merge stage for merge.fusechat.sce first"
+    assert paths.eval_suite(tmp_path, "x", "toy").endswith("eval/x/toy.json")
