@@ -123,4 +123,44 @@ def test_inference_logits_need_reward_models():
     assert str(err.value) == ("config: (top level): logits.modes: 'inf' needs reward_models (the vote picks the "
                               "responses); add reward models or set logits.modes: [gt]")
     raw["logits"]["modes"] = ["gt"]
+    with pytest.raises(ConfigError) as err:  # the rm suite is judged by the reward models
+        fpconfig.load_dict(raw)
+    assert str(err.value) == "evaluate.run: suite 'rm' is judged by reward models but reward_models is empty"
+    raw["evaluate"]["run"] = ["toy"]
+    with pytest.raises(ConfigError) as err:  # and the profuser recipe trains on voted responses
+        fpconfig.load_dict(raw)
+    assert str(err.value) == ("recipe 'profuser': its schedule trains on mode(s) inf but logits.modes is ['gt']; "
+                              "add them there or pick another schedule")
+    raw["recipes"] = [r for r in raw["recipes"] if r["kind"] != "profuser"]
     assert fpconfig.load_dict(raw).logits.modes == ["gt"]
+
+
+def test_evaluation_suites_are_checked():
+    raw = raw_default()
+    raw["evaluate"]["run"] = ["toy", "mmlu-ish"]
+    with pytest.raises(ConfigError) as err:
+        fpconfig.load_dict(raw)
+    assert str(err.value) == ("evaluate.run: unknown suite 'mmlu-ish'; presets: open_llm, infifusion, fusechat, toy, "
+                              "rm, or define it under evaluate.suites")
+    raw["evaluate"]["suites"] = {"mine": {"kind": "lm_eval"}}
+    raw["evaluate"]["run"] = ["mine"]
+    with pytest.raises(ConfigError) as err:
+        fpconfig.load_dict(raw)
+    assert str(err.value) == "evaluate.suites.mine: an lm_eval suite needs tasks"
+    raw["evaluate"]["suites"]["mine"]["tasks"] = ["gsm8k:5"]
+    cfg = fpconfig.load_dict(raw)
+    suite = fpconfig.stage_slice(cfg, "evaluate", "llama-pivot/mine")["suite"]
+    assert suite["tasks"] == ["gsm8k:5"] and suite["kind"] == "lm_eval"
+
+
+def test_recipe_and_merge_names_are_checked():
+    raw = raw_default()
+    raw["recipes"].append(dict(raw["recipes"][0]))
+    with pytest.raises(ConfigError) as err:
+        fpconfig.load_dict(raw)
+    assert str(err.value) == "recipes: names must be unique (duplicated: fusechat)"
+    raw["recipes"].pop()
+    raw["merge"]["recipes"] = ["nope"]
+    with pytest.raises(ConfigError) as err:
+        fpconfig.load_dict(raw)
+    assert str(err.value) == "merge.recipes: no recipe named nope (recipes: fusechat, sft, profuser)"

@@ -145,7 +145,7 @@ def test_train_names_an_unknown_recipe_target(pipeline):
     proc = run_cli(pipeline, "train", "--recipe", "fusechat", "--target", "llama-pivot")
     assert proc.returncode == 2
     assert ("Invalid value for --recipe/--target: no recipe target fusechat/llama-pivot; the config has: "
-            "fusechat/qwen-arith, fusechat/mistral-facts, fusechat/gpt2-strings, profuser/all") in proc.stderr
+            "fusechat/qwen-arith, fusechat/mistral-facts, fusechat/gpt2-strings, sft/sft, profuser/all") in proc.stderr
 
 
 def test_merge_refuses_a_recipe_that_is_not_merged(pipeline):

@@ -105,13 +105,15 @@ def process_results(doc, results):
 
 
 def write_toy_tasks(folder: Path, benchmark: str | Path) -> list[str]:
-    """The local lm-eval task files (one task per domain) in `folder`; returns the task names."""
+    """The local lm-eval task files (one task per domain the benchmark has) in `folder`; returns the task names."""
     folder.mkdir(parents=True, exist_ok=True)
-    docs = "\n".join(f'{d}_docs = _docs("{d}")' for d in DOMAINS)
+    present = {json.loads(line)["domain"] for line in Path(benchmark).read_text().splitlines() if line.strip()}
+    domains = [d for d in DOMAINS if d in present]
+    docs = "\n".join(f'{d}_docs = _docs("{d}")' for d in domains)
     (folder / "utils.py").write_text(TOY_UTILS.format(docs=docs))
-    for d in DOMAINS:
+    for d in domains:
         (folder / f"fusepipe_toy_{d}.yaml").write_text(TOY_TASK.format(domain=d, benchmark=Path(benchmark).resolve()))
-    return [f"fusepipe_toy_{d}" for d in DOMAINS]
+    return [f"fusepipe_toy_{d}" for d in domains]
 
 
 def run_toy(params: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
