@@ -384,7 +384,11 @@ def evaluate_cmd(config_path, config_json, workdir, model, suite, gather):
         if not gather:
             for s in suites:
                 stage.run(fpconfig.stage_slice(cfg, "evaluate", f"{m}/{s}"), workdir)
-        stage.gather(m, [paths.eval_suite(workdir, m, s) for s in cfg.eval_suites], paths.eval_results(workdir, m))
+        done = [paths.eval_suite(workdir, m, s) for s in cfg.eval_suites]
+        if all(Path(p).is_file() for p in done):
+            stage.gather(m, done, paths.eval_results(workdir, m))
+        else:
+            log.info("%s: results.json waits for every suite (%s)", m, ", ".join(cfg.eval_suites))
 
 
 @cli.command("report")
