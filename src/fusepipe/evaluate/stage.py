@@ -39,7 +39,8 @@ def _harness(model_path: str, tasks: list[str], suite: dict[str, Any], spec: dic
     import torch
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    # a local task only: skip scanning lm-eval's own ~12 s worth of task YAMLs
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else TaskManager()
     dtype = spec.get("dtype", "auto")
     results: dict[str, Any] = {}
     samples: dict[str, Any] = {}
@@ -76,7 +77,7 @@ doc_to_text: "{{{{prompt}}}}"
 doc_to_target: "{{{{answer}}}}"
 output_type: generate_until
 generation_kwargs:
-  until: []
+  until: {until}
   max_gen_toks: 48
   do_sample: false
 process_results: !function utils.process_results
@@ -104,7 +105,7 @@ def process_results(doc, results):
 '''
 
 
-def write_toy_tasks(folder: Path, benchmark: str | Path) -> list[str]:
+def write_toy_tasks(folder: Path, benchmark: str | Path, until: list[str] | None = None) -> list[str]:
     """The local lm-eval task files (one task per domain the benchmark has) in `folder`; returns the task names."""
     folder.mkdir(parents=True, exist_ok=True)
     present = {json.loads(line)["domain"] for line in Path(benchmark).read_text().splitlines() if line.strip()}
@@ -112,8 +113,19 @@ def write_toy_tasks(folder: Path, benchmark: str | Path) -> list[str]:
     docs = "\n".join(f'{d}_docs = _docs("{d}")' for d in domains)
     (folder / "utils.py").write_text(TOY_UTILS.format(docs=docs))
     for d in domains:
-        (folder / f"fusepipe_toy_{d}.yaml").write_text(TOY_TASK.format(domain=d, benchmark=Path(benchmark).resolve()))
+        (folder / f"fusepipe_toy_{d}.yaml").write_text(
+            TOY_TASK.format(domain=d, benchmark=Path(benchmark).resolve(), until=json.dumps(until or [])))
     return [f"fusepipe_toy_{d}" for d in domains]
+
+
+def stop_strings(spec: dict[str, Any]) -> list[str]:
+    """The model's end-of-turn and eos tokens as text: generation stops there instead of running to the limit."""
+    from fusepipe.align.tokens import end_of_turn_id
+    from fusepipe.models import load_tokenizer
+
+    tok = load_tokenizer(spec)
+    ids = {i for i in (end_of_turn_id(tok), tok.eos_token_id) if i is not None}
+    return sorted(tok.convert_ids_to_tokens(sorted(ids)))
 
 
 def run_toy(params: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
@@ -121,7 +133,7 @@ def run_toy(params: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
     if not benchmark.is_file():
         raise ArtifactError(f"{benchmark}: missing; the toy suite needs the toy world (toy.enabled: true)")
     with tempfile.TemporaryDirectory(prefix="fusepipe-toy-task-") as tmp:
-        names = write_toy_tasks(Path(tmp), benchmark)
+        names = write_toy_tasks(Path(tmp), benchmark, stop_strings(params["model"]))
         out = _harness(params["model"]["path"], names, params["suite"], params["model"], include_path=tmp)
     per_domain = {t.removeprefix("fusepipe_toy_"): m["acc,none"] for t, m in out["tasks"].items()}
     examples = [{"domain": s["doc"]["domain"], "prompt": s["doc"]["prompt"], "answer": s["doc"]["answer"],
