@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -55,3 +56,20 @@ def pipeline(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy(pipeline) -> Path:
     return pipeline / "results" / "toy"
+
+
+def load_pipeline_config(root: Path, workdir: Path | None = None, edit=None):
+    """The config of a workflow copy, its workdir made absolute (tests run from other folders); `edit(raw)` may
+    change the raw mapping before it is validated."""
+    from fusepipe import config as fpconfig
+
+    raw = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    if edit is not None:
+        edit(raw)
+    return fpconfig.load_dict({**raw, "workdir": str(workdir or root / "results")})
+
+
+@pytest.fixture(scope="session")
+def pipeline_cfg(pipeline):
+    """The session pipeline's config (typed, workdir absolute)."""
+    return load_pipeline_config(pipeline)

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
 
 from fusepipe import config as fpconfig
 from fusepipe import paths
@@ -35,9 +34,8 @@ def results(pipeline):
 
 
 @pytest.fixture(scope="module")
-def cfg(pipeline):
-    raw = yaml.safe_load((pipeline / "config" / "config.yaml").read_text())
-    return fpconfig.load_dict({**raw, "workdir": str(pipeline / "results")})
+def cfg(pipeline_cfg):
+    return pipeline_cfg
 
 
 def rows(path):

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from conftest import load_pipeline_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fusepipe import config as fpconfig
@@ -156,8 +157,7 @@ def test_merge_refuses_a_recipe_that_is_not_merged(pipeline):
 
 
 def test_train_says_which_targets_are_missing(pipeline, tmp_path):
-    raw = yaml.safe_load((pipeline / "config" / "config.yaml").read_text())
-    cfg = fpconfig.load_dict({**raw, "workdir": str(tmp_path)})
+    cfg = load_pipeline_config(pipeline, workdir=tmp_path)
     from fusepipe.train import stage
 
     with pytest.raises(Exception) as err:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from fusepipe import config as fpconfig
 from fusepipe import paths
@@ -19,9 +18,8 @@ def results(pipeline):
 
 
 @pytest.fixture(scope="module")
-def cfg(pipeline):
-    raw = yaml.safe_load((pipeline / "config" / "config.yaml").read_text())
-    return fpconfig.load_dict({**raw, "workdir": str(pipeline / "results")})
+def cfg(pipeline_cfg):
+    return pipeline_cfg
 
 
 def test_every_model_has_results_on_every_suite(results, cfg):

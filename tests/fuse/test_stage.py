@@ -8,7 +8,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import yaml
+from conftest import load_pipeline_config
 
 from fusepipe import config as fpconfig
 from fusepipe import paths
@@ -20,18 +20,19 @@ from fusepipe.logits.store import read_shard
 PIVOT, SOURCES = "llama-pivot", ["qwen-arith", "mistral-facts", "gpt2-strings"]
 
 
+EXTRA_RECIPES = [
+    {"name": "uni", "kind": "infifusion_unified"},
+    {"name": "uni-seq", "kind": "infifusion_unified", "fusion": {"udf_granularity": "sequence",
+                                                                 "udf_include_pivot": True}},
+    {"name": "naive", "kind": "fusechat", "fusion": {"function": "naive"}},
+    {"name": "bytes", "kind": "fusechat", "fusion": {"ce_norm": "byte"}},
+    {"name": "pf-pair", "kind": "profuser", "pairwise": True, "fusion": {"vote": "pair"}},
+]
+
+
 @pytest.fixture(scope="module")
 def cfg(pipeline):
-    raw = yaml.safe_load((pipeline / "config" / "config.yaml").read_text())
-    raw["recipes"] += [
-        {"name": "uni", "kind": "infifusion_unified"},
-        {"name": "uni-seq", "kind": "infifusion_unified", "fusion": {"udf_granularity": "sequence",
-                                                                     "udf_include_pivot": True}},
-        {"name": "naive", "kind": "fusechat", "fusion": {"function": "naive"}},
-        {"name": "bytes", "kind": "fusechat", "fusion": {"ce_norm": "byte"}},
-        {"name": "pf-pair", "kind": "profuser", "pairwise": True, "fusion": {"vote": "pair"}},
-    ]
-    return fpconfig.load_dict({**raw, "workdir": str(pipeline / "results")})
+    return load_pipeline_config(pipeline, edit=lambda raw: raw["recipes"].extend(EXTRA_RECIPES))
 
 
 def fuse(cfg, tmp_path, name):

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from fusepipe import config as fpconfig
@@ -23,9 +22,8 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def setup(pipeline):
-    raw = yaml.safe_load((pipeline / "config" / "config.yaml").read_text())
-    cfg = fpconfig.load_dict({**raw, "workdir": str(pipeline / "results")})
+def setup(pipeline_cfg):
+    cfg = pipeline_cfg
     params = fpconfig.stage_slice(cfg, "train", "fusechat/qwen-arith")
     params["recipe"]["train"].update(micro_batch=4, global_batch=8, max_steps=STEPS, save_every=2,
                                      gradient_checkpointing=False, lr=1e-3)

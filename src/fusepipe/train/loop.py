@@ -307,7 +307,7 @@ def train(params: dict[str, Any], examples: list[Example], steps: list[Step], to
             loss = total * (engine.gradient_accumulation_steps() * world / max(n_positions, 1))
             if not torch.isfinite(loss):
                 keys = sorted({examples[i].key for i in mb})
-                raise TrainError(f"step {step.index} (phase {phase['name']!r}): loss is {float(loss)} on samples "
+                raise TrainError(f"step {step.index} (phase {phase['name']!r}): loss is {loss.item()} on samples "
                                  f"{', '.join(keys[:8])}; stopping (check those targets, or lower train.lr)")
             engine.backward(loss)
             engine.step()
