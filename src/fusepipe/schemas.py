@@ -209,6 +209,19 @@ def schema_name(schema: pa.Schema) -> str | None:
     return raw.decode() if raw else None
 
 
+def read_k_table(path: str | Path, name: str, schema_of, missing: str) -> pa.Table:
+    """A Parquet artifact whose schema is parametrised by k (`aligned`, `targets`): checked against
+    `schema_of(k)`, k read from its metadata; `missing` is the fix to name when the file does not exist."""
+    if not Path(path).exists():
+        raise ArtifactError(f"{path}: missing; {missing}")
+    meta = pq.read_schema(path).metadata or {}
+    if meta.get(b"fusepipe.schema") != name.encode():
+        raise ArtifactError(f"{path}: not {'an' if name[0] in 'aeiou' else 'a'} {name} shard (schema "
+                            f"{meta.get(b'fusepipe.schema')!r})")
+    check_schema(path, schema_of(int(meta[f"fusepipe.{name}.k".encode()])))
+    return pq.read_table(path)
+
+
 def check_schema(path: str | Path, expected: pa.Schema) -> pa.Schema:
     """Fail early, naming the file and the column, when an artifact does not match `expected`."""
     try:

@@ -169,6 +169,15 @@ def project(
     return out
 
 
+def fit_k(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K rows (ids, log-probs) cut to, or padded up to, k entries (-1 / -inf pads)."""
+    n, have = ids.shape
+    out_ids = np.full((n, k), -1, np.int32)
+    out_lp = np.full((n, k), -np.inf, np.float32)
+    out_ids[:, : min(k, have)], out_lp[:, : min(k, have)] = ids[:, :k], logprobs[:, :k]
+    return out_ids, out_lp
+
+
 def copy_through(
     piv_ids: np.ndarray, src_ids: np.ndarray, src_topk_ids: np.ndarray, src_topk_logprobs: np.ndarray
 ) -> Projected:

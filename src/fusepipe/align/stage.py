@@ -32,16 +32,16 @@ import pyarrow.parquet as pq
 
 from fusepipe.align.coverage import coverage_counts, coverage_report, merge_counts
 from fusepipe.align.dtw import Links, align, link_kinds
-from fusepipe.align.project import Projected, copy_through, link_weights, project
+from fusepipe.align.project import Projected, copy_through, fit_k, link_weights, project
 from fusepipe.align.stats import MappingCounts, count_links, reduce_counts
 from fusepipe.align.tokens import TokenTable, token_table
 from fusepipe.align.vocab import vocab_map
 from fusepipe.artifacts import Manifest, atomic_path, read_manifest, shard_manifest, write_json, write_parquet
 from fusepipe.errors import ArtifactError
 from fusepipe.logits.capture import prepare
-from fusepipe.logits.store import decoded_row_groups
+from fusepipe.logits.store import decoded_row_groups, list_array
 from fusepipe.models import load_tokenizer
-from fusepipe.schemas import aligned_schema
+from fusepipe.schemas import aligned_schema, read_k_table
 
 log = logging.getLogger("fusepipe.align")
 
@@ -357,7 +357,8 @@ def run_project(params: dict[str, Any], mode: str, shard: int, links_path: str |
     src_ids, piv_ids = src_ids_all[lf.src_sel], lf.piv_ids[lf.piv_sel]
     with manifest.phase("project"):
         if lf.summary["same_tokenizer"] and np.array_equal(lf.links.src_start, np.arange(len(piv_ids))):
-            proj = _fit_k(copy_through(piv_ids, src_ids, topk_ids[lf.src_sel], topk_lp[lf.src_sel]), k)
+            proj = copy_through(piv_ids, src_ids, topk_ids[lf.src_sel], topk_lp[lf.src_sel])
+            proj = Projected(*fit_k(proj.ids, proj.logprobs, k), proj.valid, proj.kind, proj.src_mass)
         else:
             proj = project(lf.links, piv_ids, src_ids, topk_ids[lf.src_sel], topk_lp[lf.src_sel], vmap,
                            n_to_one=cfg["n_to_one"], counts=counts, k=k)
@@ -386,15 +387,6 @@ def run_project(params: dict[str, Any], mode: str, shard: int, links_path: str |
     return manifest.data
 
 
-def _fit_k(proj: Projected, k: int) -> Projected:
-    """A copied-through top-K cut to (or padded up to) k entries."""
-    n, have = proj.ids.shape
-    ids = np.full((n, k), -1, np.int32)
-    lp = np.full((n, k), -np.inf, np.float32)
-    ids[:, : min(k, have)], lp[:, : min(k, have)] = proj.ids[:, :k], proj.logprobs[:, :k]
-    return Projected(ids, lp, proj.valid, proj.kind, proj.src_mass)
-
-
 def scatter(lf: LinkFile, proj: Projected, entropy: np.ndarray, nll: np.ndarray, k: int) -> dict[str, np.ndarray]:
     """Per-position arrays over every pivot target token: the projection where aligned, else a one-hot of the
     pivot's own token with valid=False, kind 0 and NaN source statistics."""
@@ -412,13 +404,6 @@ def scatter(lf: LinkFile, proj: Projected, entropy: np.ndarray, nll: np.ndarray,
     return out
 
 
-def _list(values: np.ndarray, offsets: pa.Array, value_type: pa.DataType) -> pa.Array:
-    if values.ndim == 2:
-        inner = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), value_type), values.shape[1])
-        return pa.ListArray.from_arrays(offsets, inner)
-    return pa.ListArray.from_arrays(offsets, pa.array(values, value_type))
-
-
 def aligned_table(lf: LinkFile, full: dict[str, np.ndarray], pivot: str, source: str, mode: str, k: int,
                   per_sample: dict[str, list], src_entropy_sum: list[float]) -> pa.Table:
     schema = aligned_schema(k)
@@ -434,10 +419,11 @@ def aligned_table(lf: LinkFile, full: dict[str, np.ndarray], pivot: str, source:
         "source": pa.array([source] * len(lf.keys), pa.string()),
         "mode": pa.array([mode] * len(lf.keys), pa.string()),
         "n_tokens": pa.array(np.diff(lf.piv_ptr).astype(np.int32)),
-        "token_ids": _list(lf.piv_ids.astype(np.int32), offsets, pa.int32()),
-        "message_index": _list(lf.piv_message.astype(np.int16), offsets, pa.int16()),
-        "turn_end": _list(lf.piv_turn_end.astype(bool), offsets, pa.bool_()),
-        **{name: _list(full[name], offsets, pa.from_numpy_dtype(full[name].dtype))
+        "token_ids": list_array(lf.piv_ids.astype(np.int32), offsets, pa.int32()),
+        "message_index": list_array(lf.piv_message.astype(np.int16), offsets, pa.int16()),
+        "turn_end": list_array(lf.piv_turn_end.astype(bool), offsets, pa.bool_()),
+        **{name: list_array(full[name], offsets, pa.from_numpy_dtype(full[name].dtype),
+                            full[name].shape[1] if full[name].ndim == 2 else 0)
            for name in ("topk_ids", "topk_logprobs", "valid", "kind", "src_entropy", "src_nll")},
         "src_n_tokens": pa.array(per("n_tokens", int), pa.int32()),
         "src_n_bytes": pa.array(per("n_bytes", int), pa.int32()),
@@ -450,16 +436,7 @@ def aligned_table(lf: LinkFile, full: dict[str, np.ndarray], pivot: str, source:
 
 def read_aligned(path: str | Path) -> pa.Table:
     """An aligned shard, checked against its schema (k from its metadata)."""
-    if not Path(path).exists():
-        raise ArtifactError(f"{path}: missing; run the align stage for this pair first")
-    schema = pq.read_schema(path)
-    meta = schema.metadata or {}
-    if meta.get(b"fusepipe.schema") != b"aligned":
-        raise ArtifactError(f"{path}: not an aligned shard (schema {meta.get(b'fusepipe.schema')!r})")
-    from fusepipe.schemas import check_schema
-
-    check_schema(path, aligned_schema(int(meta[b"fusepipe.aligned.k"])))
-    return pq.read_table(path)
+    return read_k_table(path, "aligned", aligned_schema, "run the align stage for this pair first")
 
 
 # ----------------------------------------------------------------------------------------- step: coverage

@@ -25,14 +25,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fusepipe import paths
+from fusepipe.align.project import fit_k
 from fusepipe.align.stage import read_aligned
 from fusepipe.artifacts import Manifest, shard_manifest, write_parquet
 from fusepipe.errors import ArtifactError
 from fusepipe.fuse.functions import mince_choice, mix_topk, sequence_ce, udf_weights
 from fusepipe.generate.stage import read_conversations
 from fusepipe.logits.stage import voted
-from fusepipe.logits.store import decoded_row_groups
-from fusepipe.schemas import VOTE, check_schema, targets_schema
+from fusepipe.logits.store import decoded_row_groups, list_array
+from fusepipe.schemas import VOTE, check_schema, read_k_table, targets_schema
 
 log = logging.getLogger("fusepipe.fuse")
 
@@ -74,14 +75,6 @@ class Dists:
     def span(self, key: str) -> slice:
         i = self.row[key]
         return slice(int(self.ptr[i]), int(self.ptr[i + 1]))
-
-
-def fit_k(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n, have = ids.shape
-    out_ids = np.full((n, k), -1, np.int32)
-    out_lp = np.full((n, k), -np.inf, np.float32)
-    out_ids[:, : min(k, have)], out_lp[:, : min(k, have)] = ids[:, :k], logprobs[:, :k]
-    return out_ids, out_lp
 
 
 def pivot_dists(path: str | Path, model: str, k: int) -> Dists:
@@ -162,10 +155,7 @@ class Rows:
 
         def lst(parts, value_type, width=0):
             values = np.concatenate(parts) if parts else np.zeros((0, width) if width else 0)
-            inner = pa.array(values.reshape(-1), value_type)
-            if width:
-                inner = pa.FixedSizeListArray.from_arrays(inner, width)
-            return pa.ListArray.from_arrays(offsets, inner)
+            return list_array(values, offsets, value_type, width)
 
         cols = {name: pa.array([m[name] for m in self.meta], schema.field(name).type)
                 for name in ("sample_id", "mode", "model", "weight", "messages", "n_tokens")}
@@ -309,10 +299,4 @@ def run(params: dict[str, Any], workdir: str | Path, shard: int, out: str | Path
 
 def read_targets(path: str | Path) -> pa.Table:
     """A targets shard, checked against its schema (k from its metadata)."""
-    if not Path(path).exists():
-        raise ArtifactError(f"{path}: missing; run the fuse stage for this recipe target first")
-    meta = pq.read_schema(path).metadata or {}
-    if meta.get(b"fusepipe.schema") != b"targets":
-        raise ArtifactError(f"{path}: not a targets shard (schema {meta.get(b'fusepipe.schema')!r})")
-    check_schema(path, targets_schema(int(meta[b"fusepipe.targets.k"])))
-    return pq.read_table(path)
+    return read_k_table(path, "targets", targets_schema, "run the fuse stage for this recipe target first")

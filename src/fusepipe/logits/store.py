@@ -390,7 +390,7 @@ def parquet_kwargs(schema: pa.Schema, options: WriteOptions) -> dict[str, Any]:
     }
 
 
-def _list(values: np.ndarray, offsets: pa.Array, value_type: pa.DataType, width: int = 0,
+def list_array(values: np.ndarray, offsets: pa.Array, value_type: pa.DataType, width: int = 0,
           null: np.ndarray | None = None) -> pa.Array:  # fmt: skip
     """list<value_type> (list<fixed_size_list<value_type, width>> if width) from flat values and offsets."""
     inner = pa.array(values.reshape(-1), value_type, mask=None if null is None else null.reshape(-1))
@@ -418,14 +418,14 @@ def to_table(
         "n_tokens": pa.array(lengths, pa.int32()),
         "n_bytes": pa.array([s.n_bytes for s in samples], pa.int32()),
         "nll_sum": pa.array([s.nll_sum for s in samples], pa.float32()),
-        "token_ids": _list(columns["token_ids"], offsets, pa.int32()),
-        "offsets": _list(columns["offsets"], offsets, pa.int32(), 2),
-        "message_index": _list(columns["message_index"], offsets, pa.int16()),
-        "turn_end": _list(columns["turn_end"].astype(np.bool_), offsets, pa.bool_()),
-        "topk_ids": _list(columns["topk_ids"], offsets, pa.int32(), k, null=stored.topk_null),
-        "topk_logprobs": _list(stored.topk_gaps, offsets, pa.uint16(), k),
-        "token_logprob": _list(stored.token_code, offsets, pa.uint16(), null=stored.token_null),
-        "entropy": _list(stored.entropy_code, offsets, pa.uint16(), null=stored.entropy_null),
+        "token_ids": list_array(columns["token_ids"], offsets, pa.int32()),
+        "offsets": list_array(columns["offsets"], offsets, pa.int32(), 2),
+        "message_index": list_array(columns["message_index"], offsets, pa.int16()),
+        "turn_end": list_array(columns["turn_end"].astype(np.bool_), offsets, pa.bool_()),
+        "topk_ids": list_array(columns["topk_ids"], offsets, pa.int32(), k, null=stored.topk_null),
+        "topk_logprobs": list_array(stored.topk_gaps, offsets, pa.uint16(), k),
+        "token_logprob": list_array(stored.token_code, offsets, pa.uint16(), null=stored.token_null),
+        "entropy": list_array(stored.entropy_code, offsets, pa.uint16(), null=stored.entropy_null),
     }
     return pa.table([table[f.name].cast(f.type) for f in schema], schema=schema)
 
@@ -593,5 +593,5 @@ def _decoded_table(flat: dict[str, Any]) -> pa.Table:
         if name in flat:
             values = flat[name]
             width = values.shape[1] if values.ndim == 2 else 0
-            columns[name] = _list(values, offsets, pa.from_numpy_dtype(values.dtype), width)
+            columns[name] = list_array(values, offsets, pa.from_numpy_dtype(values.dtype), width)
     return pa.table(columns)
