@@ -1,6 +1,7 @@
 # fusepipe: the pipeline DAG. Logic lives in src/fusepipe; every rule calls `python -m fusepipe STAGE`.
 import sys
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -9,6 +10,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+from fusepipe import cluster as fpcluster
 from fusepipe import config as fpconfig
 from fusepipe.errors import ConfigError
 
@@ -18,7 +20,9 @@ except ConfigError as err:
     sys.exit(f"error: {err}")
 validate(config, "config/schema.yaml")  # the same schema as JSON schema: fills defaults into `config`
 
-PY = sys.executable  # the interpreter running Snakemake, not whatever `python` is first on PATH
+# Rules run `$FUSEPIPE_PYTHON -m fusepipe ...`: the interpreter running Snakemake (not whatever `python` is first on
+# PATH), or with `--sdm conda` the rule's environment's python, which finds this checkout's src/ on PYTHONPATH.
+PY = fpcluster.job_python(DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method, workflow.basedir)
 W = CFG.workdir
 
 
@@ -32,6 +36,7 @@ include: "workflow/rules/fuse.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/ablations.smk"
 
 
 rule all:
@@ -46,6 +51,12 @@ rule all:
         eval_targets(),
         paths.report_file(W),
     default_target: True
+
+
+rule ablations:
+    """The papers' ablation grids on this world (`ablations:` in the config): report/ablations.{md,html}."""
+    input:
+        rules.report_ablations.output,
 
 
 onsuccess:

@@ -21,7 +21,7 @@ os.environ.setdefault("FUSEPIPE_NO_PROGRESS", "1")
 
 def copy_workflow(dest: Path) -> Path:
     """A fresh copy of the workflow (Snakefile, rules, config) in `dest`, as a user's checkout would have."""
-    for item in ("Snakefile", "workflow", "config", "slurm"):
+    for item in ("Snakefile", "workflow", "config", "slurm", "envs"):
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, dest / item)

@@ -132,6 +132,11 @@ def test_inference_logits_need_reward_models():
     assert str(err.value) == ("recipe 'profuser': its schedule trains on mode(s) inf but logits.modes is ['gt']; "
                               "add them there or pick another schedule")
     raw["recipes"] = [r for r in raw["recipes"] if r["kind"] != "profuser"]
+    with pytest.raises(ConfigError) as err:  # so does the schedule ablation grid's profuser value
+        fpconfig.load_dict(raw)
+    assert str(err.value) == ("ablations.schedule: value 'profuser' trains on mode 'inf' but logits.modes is "
+                              "['gt']; add it there or drop the value")
+    raw["ablations"]["grids"].remove("schedule")
     assert fpconfig.load_dict(raw).logits.modes == ["gt"]
 
 

@@ -163,3 +163,115 @@ def test_sample_id_is_stable_and_content_based():
     assert sample_id(EXPECTED) == sample_id([dict(m) for m in EXPECTED])
     assert sample_id(EXPECTED) != sample_id(EXPECTED[1:])
     assert len(sample_id(EXPECTED)) == 16
+
+
+# ---------------------------------------------------------------------------------------------- format: columns
+
+QA = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
+METAMATH = {"query": "What is 2+2?", "response": "4", "type": "GSM_Rephrased"}
+
+
+def columns_source(path, columns, **kw):
+    return source(path, format="columns", columns=columns, **kw)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_columns_map_single_turn_tables(tmp_path, kind):
+    path = write(tmp_path / f"d.{kind}", [METAMATH] * 2, kind)
+    convs = read_source(columns_source(path, {"prompt": "query", "response": "response", "system": None}),
+                        "error", Counter())
+    assert convs == [QA, QA]
+
+
+def test_columns_system_and_input():
+    row = {"instruction": "Sum these.", "extra": "1 2", "output": "3", "sys": "Be brief."}
+    cols = {"prompt": "instruction", "input": "extra", "response": "output", "system": "sys"}
+    assert to_messages(row, "columns", "x", cols) == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sum these.\n\n1 2"},
+        {"role": "assistant", "content": "3"}]
+    # optional columns may be absent or empty in a row
+    assert to_messages({"instruction": "Hi?", "output": "Hello."}, "columns", "x", cols)[0]["role"] == "user"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"
+         "<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\nBye.<|im_end|>"),  # oasst_top1_2023-08-25
+        "### Human: Hi?### Assistant: Hello.### Human: And?### Assistant: Bye.",  # openassistant-guanaco
+    ],
+)
+def test_columns_text_dialogue_layouts(text):
+    assert to_messages({"text": text}, "columns", "x", {"text": "text"}) == [
+        u("Hi?"), a("Hello."), u("And?"), a("Bye.")]
+
+
+def test_orca_best_cluster_rows_are_detected_and_read():
+    row = {"instruction": "Be brief.", "cluster": {"samples": [{"input": "Hi?", "output": "Hello."},
+                                                               {"input": "Hey?", "output": "Hi."}]}, "num_samples": 2}
+    assert detect_format(row, "x") == "orca"
+    assert to_messages(row, "orca", "x") == EXPECTED
+    older = {"instruction": "Be brief.", "conversation": {"samples": [{"input": "Hi?", "output": "Hello."}]}}
+    assert to_messages(older, detect_format(older, "x"), "x") == EXPECTED
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"question": "What is 2+2?", "response": "4"},
+         "line 2: missing column 'query' (columns.prompt); the row has columns ['question', 'response']"),
+        ({"query": "What is 2+2?"}, "line 2: missing column 'response' (columns.response)"),
+        ({"query": ["a", "b"], "response": "4"}, "line 2: column 'query' (columns.prompt) is list, expected text"),
+        ({"query": None, "response": "4"}, "line 2: column 'query' (columns.prompt) is null"),
+    ],
+)
+def test_columns_bad_row_names_source_column_and_honours_on_bad_row(tmp_path, row, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(METAMATH) + "\n" + json.dumps(row) + "\n")
+    src = columns_source(path, {"prompt": "query", "response": "response", "system": None}, name="metamath")
+    with pytest.raises(DataError) as err:
+        read_source(src, "error", Counter())
+    assert f"source 'metamath': {path}:{message}" in str(err.value)
+    assert "set data.on_bad_row: skip" in str(err.value)
+    counts = Counter()
+    assert read_source(src, "skip", counts) == [QA]
+    assert counts["bad_rows"] == 1 and counts["rows_read"] == 2
+
+
+def test_columns_text_without_turns_is_a_bad_row():
+    with pytest.raises(DataError, match=r"x: text column has no turns in a known layout"):
+        to_messages({"text": "just prose"}, "columns", "x", {"text": "text"})
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"format": "columns"}, "data source 'm': format: columns needs a `columns:` mapping"),
+        ({"format": "alpaca", "columns": {"prompt": "q", "response": "r"}},
+         "data source 'm': `columns:` is only read with format: columns (format is 'alpaca')"),
+        ({"format": "columns", "columns": {"prompt": "q"}}, "columns: response missing; give prompt + response"),
+        ({"format": "columns", "columns": {"text": "t", "prompt": "q"}},
+         "columns: give either text or prompt + response, not both"),
+        ({"format": "columns", "columns": {"prompt": "q", "answer": "r"}},
+         "data source 'm': columns: unknown key(s) answer; keys: prompt, response, system, input, text"),
+    ],
+)
+def test_columns_config_is_validated(entry, message):
+    from fusepipe.config import load_dict
+    from fusepipe.errors import ConfigError
+
+    raw = {"data": {"sources": [{"name": "m", "path": "meta-math/MetaMathQA", **entry}]},
+           "models": [{"name": "p", "path": "p", "role": "pivot"}, {"name": "s", "path": "s", "role": "source"}],
+           "logits": {"modes": ["gt"]}}
+    with pytest.raises(ConfigError) as err:
+        load_dict(raw)
+    assert message in str(err.value)
+
+
+def test_data_files_picks_files_of_a_dataset_folder(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write(folder / "gpt4.jsonl", [RECORDS["sharegpt"]] * 2, "jsonl")
+    write(folder / "zh.jsonl", [RECORDS["orca"]] * 5, "jsonl")
+    convs = read_source(source(folder, data_files="gpt4.jsonl"), "error", Counter())
+    assert convs == [EXPECTED] * 2

@@ -414,6 +414,35 @@ def report_cmd(config_path, config_json, workdir, out):
     click.echo(done["summary"])
 
 
+@cli.command("ablations")
+@with_config
+@workdir_option
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: WORKDIR/report).")
+@click.option("--list", "list_only", is_flag=True, help="Print the grids' variants (new or reused) and exit.")
+def ablations_cmd(config_path, config_json, workdir, out, list_only):
+    """report/ablations.md and .html: one table per ablation grid (`snakemake ablations` runs the grids)."""
+    from fusepipe import ablations, paths
+    from fusepipe.report import ablations as report_ablations
+
+    if list_only:
+        if config_json:
+            raise click.UsageError("--list reads the whole config (--config), not a slice")
+        click.echo(ablations.describe(fpconfig.load(config_path or "config/config.yaml")))
+        return
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    if config_json:
+        params = json.loads(config_json)
+    else:
+        params = ablations.report_params(fpconfig.load(config_path or "config/config.yaml"))
+    models = [params["pivot"], *[v["model"] for g in params["grids"] for v in g["variants"]]]
+    missing = [paths.eval_results(workdir, m) for m in dict.fromkeys(models)
+               if not Path(paths.eval_results(workdir, m)).is_file()]
+    if missing:
+        raise FusepipeError(f"{missing[0]}: missing; run `snakemake ablations` ({len(missing)} model(s) lack results)")
+    done = report_ablations.run(params, workdir, out or str(Path(workdir) / "report"))
+    click.echo(done["markdown"])
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--sample-id", help="Show only this row.")
@@ -434,6 +463,36 @@ def schema_cmd():
 def schema_yaml() -> str:
     header = "# Generated from fusepipe.config by `fusepipe schema`; a test keeps it in sync. Do not edit.\n"
     return header + yaml.safe_dump(fpconfig.json_schema(), sort_keys=False, width=110)
+
+
+@cli.command("plan")
+@click.option("--configfile", required=True, type=click.Path(dir_okay=False),
+              help="Config or recipe, deep-merged over --base as `snakemake --configfile` does.")
+@click.option("--base", default="config/config.yaml", show_default=True, help="Config the file is merged over "
+              "('' for none).")
+@click.option("--gpu", type=click.Choice(["a100", "a800", "h100", "h800", "h200"]), default="h100", show_default=True)
+@click.option("--mfu-forward", type=float, default=0.40, show_default=True, help="MFU of prefill/teacher forcing.")
+@click.option("--mfu-decode", type=float, default=0.10, show_default=True, help="MFU of sampling.")
+@click.option("--mfu-train", type=float, default=0.35, show_default=True, help="MFU of training.")
+@click.option("--tokens", multiple=True, metavar="SOURCE=TOTAL[/RESPONSE]",
+              help="Tokens per sample of a data source (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_cmd(configfile, base, gpu, mfu_forward, mfu_decode, mfu_train, tokens, as_json):
+    """Jobs, GPU-hours, CPU-hours, disk and peak memory per stage, before spending any of them."""
+    from fusepipe import plan
+
+    per_source = {}
+    for item in tokens:
+        name, _, value = item.partition("=")
+        total, _, response = value.partition("/")
+        if not name or not total.isdigit() or (response and not response.isdigit()):
+            raise click.BadParameter(f"{item!r}: expected SOURCE=TOTAL or SOURCE=TOTAL/RESPONSE", param_hint="--tokens")
+        per_source[name] = (int(total), int(response or int(total) * 2 // 3))
+    cfg = plan.load(configfile, base or None)
+    a = plan.Assumptions(gpu=gpu, mfu_forward=mfu_forward, mfu_decode=mfu_decode, mfu_train=mfu_train,
+                         tokens=per_source)
+    result = plan.estimate(cfg, a)
+    click.echo(plan.to_json(result) if as_json else plan.table(result))
 
 
 @cli.command("summary")

@@ -49,6 +49,10 @@ class ModelSpec(Strict):
     kv_cache_memory_bytes: int | None = Field(
         default=None, ge=1 << 20, description="vLLM KV cache size; None: 128 MiB on CPUs, gpu_memory_utilization on GPUs."
     )
+    params_b: float | None = Field(
+        default=None, gt=0, description="Parameters in billions, for sizing jobs when the size cannot be read "
+        "(a hub id fusepipe.sizes does not know); a local folder's config.json wins."
+    )
 
 
 class RewardModelSpec(Strict):
@@ -68,12 +72,36 @@ class RewardModelSpec(Strict):
     trust_remote_code: bool = False
     engine: Literal["auto", "vllm", "hf"] = "auto"
     kv_cache_memory_bytes: int | None = Field(default=None, ge=1 << 20)
+    params_b: float | None = Field(default=None, gt=0, description="Parameters in billions (see models).")
 
 
 class DataFilters(Strict):
     min_turns: int = Field(default=1, ge=1, description="Minimum number of assistant turns.")
     max_turns: int | None = Field(default=None, ge=1, description="Maximum number of assistant turns.")
     min_response_chars: int = Field(default=1, ge=0, description="Drop conversations whose final answer is shorter.")
+
+
+COLUMN_KEYS = {
+    "prompt": "the user turn",
+    "response": "the assistant turn",
+    "system": "a system prompt (optional; empty: none)",
+    "input": "text appended to the prompt after a blank line (optional; Alpaca's `input`)",
+    "text": "a whole dialogue in one text: ChatML `<|im_start|>user ...` or `### Human: ... ### Assistant: ...`",
+}
+
+
+def check_columns(columns: dict[str, str | None]) -> None:
+    """`format: columns` mapping: {prompt, response, system?, input?} (single turn) or {text} (a dialogue)."""
+    unknown = sorted(set(columns) - set(COLUMN_KEYS))
+    if unknown:
+        raise ValueError(f"columns: unknown key(s) {', '.join(unknown)}; keys: {', '.join(COLUMN_KEYS)}")
+    if columns.get("text") and any(columns.get(k) for k in ("prompt", "response", "input")):
+        raise ValueError("columns: give either text or prompt + response, not both")
+    if not columns.get("text"):
+        missing = [k for k in ("prompt", "response") if not columns.get(k)]
+        if missing:
+            raise ValueError(f"columns: {' and '.join(missing)} missing; give prompt + response "
+                             "(e.g. {prompt: query, response: response}) or text")
 
 
 class DataSource(Strict):
@@ -84,10 +112,34 @@ class DataSource(Strict):
     loader: Literal["auto", "jsonl", "json", "parquet", "hf"] = Field(
         default="auto", description="auto: from the file extension; folders and hub ids use `datasets`."
     )
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "orca"] = "auto"
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "orca", "columns"] = Field(
+        default="auto", description="columns: read the columns named under `columns`."
+    )
+    columns: dict[str, str | None] | None = Field(
+        default=None, description="format: columns: which column holds what, keys "
+        + "; ".join(f"{k}: {v}" for k, v in COLUMN_KEYS.items()) + "."
+    )
     split: str = Field(default="train", description="Split name for `datasets.load_dataset`.")
+    data_files: str | list[str] | None = Field(
+        default=None, description="`datasets.load_dataset(data_files=...)`: which files of a hub dataset to read."
+    )
     n_samples: int | None = Field(default=None, ge=1, description="Sample this many (seeded), None = all.")
     filters: DataFilters = DataFilters()
+
+    @model_validator(mode="after")
+    def _columns_with_format(self) -> DataSource:
+        if self.format == "columns" and self.columns is None:
+            raise ValueError(f"data source {self.name!r}: format: columns needs a `columns:` mapping, e.g. "
+                             "{prompt: query, response: response}")
+        if self.columns is not None and self.format != "columns":
+            raise ValueError(f"data source {self.name!r}: `columns:` is only read with format: columns "
+                             f"(format is {self.format!r})")
+        if self.columns is not None:
+            try:
+                check_columns(self.columns)
+            except ValueError as err:
+                raise ValueError(f"data source {self.name!r}: {err}") from None
+        return self
 
 
 class DataConfig(Strict):
@@ -250,7 +302,8 @@ class TrainConfig(Strict):
     epochs_scale: float = Field(default=1.0, gt=0, description="Multiplies every phase's epochs (short runs).")
     keep_checkpoints: bool = Field(default=False, description="Keep checkpoints/ after the model is written.")
     seed: int = 0
-    gpus: int = Field(default=1, ge=1, description="Processes (GPUs) per training job on a cluster node.")
+    gpus: int = Field(default=1, ge=1, description="Processes (GPUs) per node of a training job on a cluster.")
+    nodes: int = Field(default=1, ge=1, description="Nodes of a training job (> 1: one torchrun per node, srun).")
 
 
 RECIPE_KINDS = ("fusechat", "profuser", "infifusion_pairwise", "infifusion_unified", "sft")
@@ -270,6 +323,11 @@ class RecipeConfig(Strict):
         default=None, description=f"A named schedule ({', '.join(SCHEDULES)}) or a list of phases; default by kind."
     )
     train: TrainConfig = TrainConfig()
+    align_vocab: Literal["ms", "ms_reference", "mined", "em"] | None = Field(
+        default=None,
+        description="Vocabulary map of the aligned distributions this recipe fuses; None: align.vocab. Another map "
+        "aligns the pairs again under align/{pivot}~{source}/vocab-{map}/ (the token links are shared).",
+    )
 
 
 class MergeStageConfig(MergeConfig):
@@ -279,6 +337,90 @@ class MergeStageConfig(MergeConfig):
         default=["sce"], description="Methods to merge with, one model each (FuseChat: sce; InfiFusion: rsaf)."
     )
     recipes: list[str] | None = Field(default=None, description="Recipes to merge; None = every pairwise one.")
+
+
+# ------------------------------------------------------------------------------------- ablations (issue 8)
+
+MergeMethod = Literal["sce", "rsaf", "task_arithmetic", "ties", "dare", "linear", "slerp"]
+ABLATION_GRIDS = ("merge", "vocab", "schedule", "fusion", "structure")
+
+
+class _Grid(Strict):
+    @model_validator(mode="after")
+    def _reference_in_values(self):
+        if not self.values:
+            raise ValueError("values: a grid needs at least one value")
+        dupes = sorted({v for v in self.values if list(self.values).count(v) > 1})
+        if dupes:
+            raise ValueError(f"values: duplicated {', '.join(dupes)}")
+        if self.reference not in self.values:
+            raise ValueError(f"reference {self.reference!r} is not one of the grid's values "
+                             f"({', '.join(self.values)})")
+        return self
+
+
+class MergeGrid(_Grid):
+    """Merge methods over one pairwise recipe's trained targets (nothing retrained)."""
+
+    recipe: str = Field(default="fusechat", description="The pairwise recipe whose targets every method merges.")
+    values: list[MergeMethod] = Field(default=["sce", "rsaf", "ties", "task_arithmetic", "dare", "linear"])
+    reference: str = Field(default="sce", description="FuseChat's SCE.")
+
+
+class VocabGrid(_Grid):
+    """Vocabulary maps (FuseChat Fig. 4c): a copy of a pairwise recipe per map, merged."""
+
+    recipe: str = Field(default="fusechat", description="The pairwise recipe copied per vocabulary map.")
+    values: list[Literal["ms", "ms_reference", "mined", "em"]] = Field(default=["ms", "mined", "em"])
+    merge: MergeMethod = Field(default="sce", description="How each copy's targets are merged.")
+    reference: str = Field(default="ms", description="FuseChat's mapping statistics.")
+
+
+class ScheduleGrid(_Grid):
+    """Training schedules (ProFuser Table 3), one recipe of `kind` per named schedule."""
+
+    kind: Literal["fusechat", "profuser", "infifusion_pairwise", "infifusion_unified"] = "profuser"
+    values: list[Literal[SCHEDULES]] = Field(  # type: ignore[valid-type]
+        default=["profuser", "simulfuse", "reversefuse", "gtlen", "fuse", "csft"])
+    merge: MergeMethod = Field(default="sce", description="Merge method when `kind` is pairwise.")
+    reference: str = Field(default="profuser", description="ProFuser's progressive schedule.")
+
+
+class FusionGrid(_Grid):
+    """Fusion functions on the ground truth (InfiFusion Table 2), one recipe of `kind` per function."""
+
+    kind: Literal["fusechat", "profuser", "infifusion_pairwise", "infifusion_unified"] = "infifusion_unified"
+    values: list[Literal["mince", "udf", "naive"]] = Field(default=["mince", "udf", "naive"])
+    merge: MergeMethod = Field(default="rsaf", description="Merge method when `kind` is pairwise.")
+    reference: str = Field(default="udf", description="InfiFusion's UDF.")
+
+
+class StructureGrid(_Grid):
+    """Pairwise fusion + merge against one unified target (InfiFusion §2.3-2.4)."""
+
+    values: list[Literal["pairwise", "unified"]] = Field(default=["pairwise", "unified"])
+    pairwise_kind: Literal["fusechat", "infifusion_pairwise"] = "infifusion_pairwise"
+    unified_kind: Literal["infifusion_unified", "profuser"] = "infifusion_unified"
+    merge: MergeMethod = Field(default="rsaf", description="How the pairwise targets are merged (InfiFusion: RSAF).")
+    reference: str = Field(default="pairwise", description="InfiFusion: unified does not uniformly beat pairwise.")
+
+
+class AblationsConfig(Strict):
+    """The papers' ablation grids (`snakemake ablations`, docs/evaluate.md): every value becomes a recipe or a merge
+    that runs through the same rules as `recipes:`, reusing a configured run where the settings are equal."""
+
+    grids: list[Literal["merge", "vocab", "schedule", "fusion", "structure"]] = Field(
+        default_factory=list, description="Grids the `ablations` target runs (none by default)."
+    )
+    train: TrainConfig | None = Field(
+        default=None, description="Training settings of the generated recipes (schedule, fusion, structure grids); "
+        "None: each kind's defaults. Equal to a configured recipe's, that recipe's run is reused."
+    )
+    merge: MergeGrid = MergeGrid()
+    vocab: VocabGrid = VocabGrid()
+    schedule: ScheduleGrid = ScheduleGrid()
+    fusion: FusionGrid = FusionGrid()
+    structure: StructureGrid = StructureGrid()
 
 
 class SuiteConfig(Strict):
@@ -308,6 +450,34 @@ class EvaluateConfig(Strict):
     )
 
 
+class ClusterConfig(Strict):
+    """Slurm resources of the rules (`snakemake --profile slurm`; fusepipe.cluster, docs/cluster.md).
+
+    Locally (`--cores N`) only the thread counts matter."""
+
+    gpu_partition: str | None = Field(
+        default=None, description="Partition of GPU jobs; None: $FUSEPIPE_GPU_PARTITION, else the cluster default."
+    )
+    cpu_partition: str | None = Field(
+        default=None, description="Partition of CPU jobs; None: $FUSEPIPE_CPU_PARTITION, else the cluster default."
+    )
+    account: str | None = Field(
+        default=None, description="Slurm account; None: $FUSEPIPE_ACCOUNT, else the executor plugin's guess."
+    )
+    gpu_model: str | None = Field(default=None, description="GPU type asked for (`--gpus=MODEL:N`), e.g. a100.")
+    gpus_per_node: int = Field(default=8, ge=1, description="A training job this wide takes the whole node.")
+    cpus_per_gpu: int = Field(default=8, ge=1, description="Threads (cpus_per_task) per GPU of a GPU job.")
+    mem_per_gpu_mb: int = Field(default=64_000, ge=1, description="Host memory per GPU of a GPU job.")
+    cpu_threads: int = Field(default=8, ge=1, description="Threads of CPU jobs (align, fuse, merge, report, ...).")
+    cpu_mem_mb: int = Field(default=16_000, ge=1, description="Host memory floor of CPU jobs.")
+    default_runtime: int = Field(default=240, ge=1, description="Minutes a job may run unless `runtime` says.")
+    runtime: dict[str, int] = Field(
+        default_factory=dict,
+        description="Minutes per rule family (generate, reward, logits, align, fuse, train, merge, evaluate, ...), "
+        "over fusepipe.cluster.RUNTIME (e.g. train 2880).",
+    )
+
+
 class Config(Strict):
     workdir: str = "results"
     toy: ToyConfig = ToyConfig()
@@ -322,6 +492,8 @@ class Config(Strict):
     recipes: list[RecipeConfig] = Field(default_factory=list)
     merge: MergeStageConfig = MergeStageConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ablations: AblationsConfig = AblationsConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _roles(self) -> Config:
@@ -379,6 +551,17 @@ class Config(Strict):
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
 
+    @property
+    def extra_recipes(self) -> list[RecipeConfig]:
+        """Recipes the ablation grids generate (fusepipe.ablations); they run only for `snakemake ablations`."""
+        from fusepipe import ablations
+
+        return ablations.plan(self).recipes if self.ablations.grids else []
+
+    def recipe(self, name: str) -> RecipeConfig:
+        """A configured or ablation-generated recipe by name."""
+        return next(r for r in [*self.recipes, *self.extra_recipes] if r.name == name)
+
     def reward_model(self, name: str) -> RewardModelSpec:
         return next(r for r in self.reward_models if r.name == name)
 
@@ -409,9 +592,10 @@ def load_dict(raw: dict[str, Any], origin: str = "config") -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, origin)) from None
-    from fusepipe import recipes
+    from fusepipe import ablations, recipes
 
     recipes.check(cfg)
+    ablations.check(cfg)
     return cfg
 
 
@@ -441,8 +625,12 @@ def json_schema() -> dict[str, Any]:
 TOKENIZER_KEYS = ("name", "path", "chat_template", "trust_remote_code")
 
 
+# Keys that size cluster jobs and plans but never change an artifact: left out of the slices (no rerun).
+SIZING_KEYS = {"params_b"}
+
+
 def _dump(model: BaseModel, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
-    out = model.model_dump(mode="json")
+    out = model.model_dump(mode="json", exclude=SIZING_KEYS & set(type(model).model_fields))
     return {k: out[k] for k in keys} if keys else out
 
 
@@ -460,9 +648,10 @@ def _recipe_target(cfg: Config, target: str | None) -> tuple[RecipeConfig, str]:
     from fusepipe import recipes
 
     name, _, model = (target or "").partition("/")
-    recipe = next((r for r in cfg.recipes if r.name == name), None)
+    every = [*cfg.recipes, *cfg.extra_recipes]
+    recipe = next((r for r in every if r.name == name), None)
     if recipe is None or model not in recipes.targets(cfg, recipe):
-        choices = [f"{r.name}/{t}" for r in cfg.recipes for t in recipes.targets(cfg, r)]
+        choices = [f"{r.name}/{t}" for r in every for t in recipes.targets(cfg, r)]
         raise ConfigError(f"no recipe target {target!r}; the config has: {', '.join(choices) or 'no recipes'}")
     return recipe, model
 
@@ -472,7 +661,7 @@ def _fuse_slice(cfg: Config, target: str | None) -> dict[str, Any]:
 
     recipe, model = _recipe_target(cfg, target)
     res = recipes.resolve(recipe)
-    return {
+    out = {
         "recipe": {k: res[k] for k in ("name", "kind", "pairwise", "fusion", "modes")},
         "target": model,
         "members": recipes.members(cfg, res, model),
@@ -482,6 +671,19 @@ def _fuse_slice(cfg: Config, target: str | None) -> dict[str, Any]:
         "align_k": cfg.align.k or cfg.logits.k,
         "gen_shards": cfg.generate.shards,
     }
+    if recipe.align_vocab not in (None, cfg.align.vocab):  # another vocabulary map: its own aligned shards
+        out["align_variant"] = f"vocab-{recipe.align_vocab}"
+    return out
+
+
+def align_slice(cfg: Config, source: str, vocab: str | None = None) -> dict[str, Any]:
+    """The align slice of a pair; with `vocab` other than align.vocab, the slice of its vocab/project/coverage
+    steps under align/{pivot}~{source}/vocab-{map}/ (the links step is the pair's own)."""
+    out = stage_slice(cfg, "align", source)
+    if vocab not in (None, cfg.align.vocab):
+        out["align"] = {**out["align"], "vocab": vocab}
+        out["variant"] = f"vocab-{vocab}"
+    return out
 
 
 def _train_slice(cfg: Config, target: str | None) -> dict[str, Any]:
@@ -509,10 +711,11 @@ def _merge_slice(cfg: Config, target: str | None) -> dict[str, Any]:
     from fusepipe import recipes
 
     name, _, method = (target or "").partition("/")
-    recipe = next((r for r in merge_recipes(cfg) if r.name == name), None)
-    if recipe is None or method not in cfg.merge.methods:
-        choices = [f"{r.name}/{m}" for r in merge_recipes(cfg) for m in cfg.merge.methods]
+    merges = merge_pairs(cfg, ablations=True)
+    if (name, method) not in merges:
+        choices = [f"{r}/{m}" for r, m in merges]
         raise ConfigError(f"no merge {target!r}; the config has: {', '.join(choices) or 'none'}")
+    recipe = cfg.recipe(name)
     settings = cfg.merge.model_dump(mode="json", exclude={"methods", "recipes"})
     keep = ("method", "embedding_policy", "dtype", "max_shard_bytes", "threads", method)
     return {
@@ -523,10 +726,26 @@ def _merge_slice(cfg: Config, target: str | None) -> dict[str, Any]:
     }
 
 
-def eval_models(cfg: Config) -> dict[str, dict[str, Any]]:
+def merge_pairs(cfg: Config, ablations: bool = False) -> list[tuple[str, str]]:
+    """(recipe, method) of every merge `all` builds; with `ablations`, the ablation grids' merges too."""
+    out = [(r.name, m) for r in merge_recipes(cfg) for m in cfg.merge.methods]
+    if ablations and cfg.ablations.grids:
+        from fusepipe import ablations as fpablations
+
+        out += [p for p in fpablations.plan(cfg).merges if p not in out]
+    return out
+
+
+def eval_models(cfg: Config, ablations: bool = False) -> dict[str, dict[str, Any]]:
     """Every model a run uses or produces, by evaluation id: the config's models by name, each trained target as
-    `train.{recipe}.{target}`, each merged model as `merge.{recipe}.{method}`."""
+    `train.{recipe}.{target}`, each merged model as `merge.{recipe}.{method}`; with `ablations`, also the models
+    the ablation grids add (fusepipe.ablations)."""
     from fusepipe import paths, recipes
+
+    if ablations and cfg.ablations.grids:
+        from fusepipe import ablations as fpablations
+
+        return {**eval_models(cfg), **fpablations.plan(cfg).eval_models}
 
     out = {m.name: {"path": m.path, "kind": m.role, "spec": m} for m in cfg.models}
     for r in cfg.recipes:
@@ -544,7 +763,7 @@ def _evaluate_slice(cfg: Config, target: str | None) -> dict[str, Any]:
     from fusepipe.evaluate import suites
 
     model, _, suite = (target or "").partition("/")
-    models = eval_models(cfg)
+    models = eval_models(cfg, ablations=True)
     if model not in models or suite not in cfg.eval_suites:
         choices = [f"{m}/{s}" for m in models for s in cfg.eval_suites]
         raise ConfigError(f"no evaluation {target!r}; the config has: {', '.join(choices[:12])}"

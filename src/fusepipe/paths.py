@@ -40,8 +40,10 @@ def pair(pivot: str, source: str) -> str:
     return f"{pivot}~{source}"
 
 
-def align_dir(workdir: str | Path, pivot: str, source: str) -> str:
-    return f"{workdir}/align/{pair(pivot, source)}"
+def align_dir(workdir: str | Path, pivot: str, source: str, variant: str | None = None) -> str:
+    """A pair's align folder; `variant` (e.g. `vocab-mined`, another vocabulary map) a subfolder of it."""
+    base = f"{workdir}/align/{pair(pivot, source)}"
+    return f"{base}/{variant}" if variant else base
 
 
 def align_links(workdir: str | Path, pivot: str, source: str, mode: str, shard: int | str) -> str:
@@ -50,20 +52,21 @@ def align_links(workdir: str | Path, pivot: str, source: str, mode: str, shard: 
     return f"{align_dir(workdir, pivot, source)}/{mode}/links-{name}.npz"
 
 
-def align_shard(workdir: str | Path, pivot: str, source: str, mode: str, shard: int | str) -> str:
-    return f"{align_dir(workdir, pivot, source)}/{mode}/{shard_name(shard)}"
+def align_shard(workdir: str | Path, pivot: str, source: str, mode: str, shard: int | str,
+                variant: str | None = None) -> str:
+    return f"{align_dir(workdir, pivot, source, variant)}/{mode}/{shard_name(shard)}"
 
 
-def align_counts(workdir: str | Path, pivot: str, source: str) -> str:
-    return f"{align_dir(workdir, pivot, source)}/ms_counts.npz"
+def align_counts(workdir: str | Path, pivot: str, source: str, variant: str | None = None) -> str:
+    return f"{align_dir(workdir, pivot, source, variant)}/ms_counts.npz"
 
 
-def align_vocab(workdir: str | Path, pivot: str, source: str) -> str:
-    return f"{align_dir(workdir, pivot, source)}/vocab_map.parquet"
+def align_vocab(workdir: str | Path, pivot: str, source: str, variant: str | None = None) -> str:
+    return f"{align_dir(workdir, pivot, source, variant)}/vocab_map.parquet"
 
 
-def align_coverage(workdir: str | Path, pivot: str, source: str) -> str:
-    return f"{align_dir(workdir, pivot, source)}/coverage.json"
+def align_coverage(workdir: str | Path, pivot: str, source: str, variant: str | None = None) -> str:
+    return f"{align_dir(workdir, pivot, source, variant)}/coverage.json"
 
 
 def targets_shard(workdir: str | Path, recipe: str, target: str, shard: int | str) -> str:

@@ -7,9 +7,15 @@ rule data:
         eval=f"{W}/data/eval.parquet",
         manifest=f"{W}/data/_manifest.json",
     params:
-        cfg=stage_params("data"),
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
+        cfg=lambda wc: stage_params("data"),  # a function: braces in a chat template are not wildcards
         code=stage_code("data"),
+    threads: fpcluster.rule_threads(CFG, 'data')
+    resources:
+        **fpcluster.rule_resources(CFG, 'data'),
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{W}/logs/data.log",
     shell:
-        "{PY} -m fusepipe data --config-json {params.cfg:q} --out {W}/data 2>&1 | tee {log}"
+        "$FUSEPIPE_PYTHON -m fusepipe data --config-json {params.cfg:q} --out {params.workdir}/data 2>&1 | tee {log}"

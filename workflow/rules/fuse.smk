@@ -3,17 +3,9 @@ from fusepipe import recipes as fprecipes
 from fusepipe.fuse import stage as fuse_stage
 
 RECIPE_TARGETS = [(r.name, t) for r in CFG.recipes for t in fprecipes.targets(CFG, r)]
-RECIPE_NAMES = sorted({r for r, _ in RECIPE_TARGETS})
-TARGET_NAMES = sorted({t for _, t in RECIPE_TARGETS})
-
-
-def fuse_inputs(wc):
-    params = fpconfig.stage_slice(CFG, "fuse", f"{wc.recipe}/{wc.target}")
-    return fuse_stage.inputs(params, W, int(wc.shard))
-
-
-def train_targets():
-    return [paths.train_model(W, r, t) for r, t in RECIPE_TARGETS]
+RULE_TARGETS = [(r.name, t) for r in RULE_RECIPES for t in fprecipes.targets(CFG, r)]  # + the ablation grids'
+RECIPE_NAMES = sorted({r for r, _ in RULE_TARGETS})
+TARGET_NAMES = sorted({t for _, t in RULE_TARGETS})
 
 
 rule fuse:
@@ -24,25 +16,23 @@ rule fuse:
         shard=paths.targets_shard(W, "{recipe}", "{target}", "{shard}"),
         manifest=str(shard_manifest(paths.targets_shard(W, "{recipe}", "{target}", "{shard}"))),
     params:
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=lambda wc: stage_params("fuse", f"{wc.recipe}/{wc.target}"),
         code=stage_code("fuse", "align", "logits", "generate", "paths"),
     wildcard_constraints:
         recipe="|".join(RECIPE_NAMES) or "none",
         target="|".join(TARGET_NAMES) or "none",
         shard=r"\d{5}",
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'fuse')
+    resources:
+        **fpcluster.rule_resources(CFG, 'fuse'),
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{W}/logs/fuse/{{recipe}}/{{target}}/shard-{{shard}}.log",
     shell:
-        "{PY} -m fusepipe fuse --config-json {params.cfg:q} --workdir {W} --recipe {wildcards.recipe}"
+        "$FUSEPIPE_PYTHON -m fusepipe fuse --config-json {params.cfg:q} --workdir {params.workdir} --recipe {wildcards.recipe}"
         " --target {wildcards.target} --shard {wildcards.shard} 2>&1 | tee {log}"
-
-
-def train_launch(wc, resources):
-    """One process locally; torchrun across the job's GPUs on a cluster node."""
-    if resources.gpu > 1:
-        return f"torchrun --standalone --nproc_per_node {resources.gpu} -m fusepipe"
-    return f"{PY} -m fusepipe"
 
 
 rule train:
@@ -53,17 +43,20 @@ rule train:
     output:
         directory(paths.train_model(W, "{recipe}", "{target}")),
     params:
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=lambda wc: stage_params("train", f"{wc.recipe}/{wc.target}"),
         code=stage_code("train", "losses", "fuse", "logits"),
         launch=train_launch,
     wildcard_constraints:
         recipe="|".join(RECIPE_NAMES) or "none",
         target="|".join(TARGET_NAMES) or "none",
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'train', lambda wc: f"{wc.recipe}/{wc.target}")
     resources:
-        gpu=lambda wc: next(r for r in CFG.recipes if r.name == wc.recipe).train.gpus,
+        **fpcluster.rule_resources(CFG, 'train', lambda wc: f"{wc.recipe}/{wc.target}"),
+    conda:
+        "../../envs/train.yaml"
     log:
         f"{W}/logs/train/{{recipe}}/{{target}}.log",
     shell:
-        "{params.launch} train --config-json {params.cfg:q} --workdir {W} --recipe {wildcards.recipe}"
+        "{params.launch} train --config-json {params.cfg:q} --workdir {params.workdir} --recipe {wildcards.recipe}"
         " --target {wildcards.target} 2>&1 | tee {log}"

@@ -14,18 +14,21 @@ rule generate:
         shard=paths.gen_shard(W, "{model}", "{shard}"),
         manifest=str(shard_manifest(paths.gen_shard(W, "{model}", "{shard}"))),
     params:
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=lambda wc: stage_params("generate", wc.model),
         code=stage_code("generate", "engines", "paths"),
     wildcard_constraints:
         model="|".join(GENERATORS) or "none",
         shard=r"\d{5}",
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'generate', lambda wc: wc.model)
     resources:
-        gpu=lambda wc: CFG.model(wc.model).tensor_parallel_size,
+        **fpcluster.rule_resources(CFG, 'generate', lambda wc: wc.model),
+    conda:
+        "../../envs/vllm.yaml"
     log:
         f"{W}/logs/generate/{{model}}/shard-{{shard}}.log",
     shell:
-        "{PY} -m fusepipe generate --config-json {params.cfg:q} --workdir {W} --target {wildcards.model}"
+        "$FUSEPIPE_PYTHON -m fusepipe generate --config-json {params.cfg:q} --workdir {params.workdir} --target {wildcards.model}"
         " --shard {wildcards.shard} 2>&1 | tee {log}"
 
 
@@ -39,18 +42,21 @@ rule reward:
         shard=paths.reward_shard(W, "{rm}", "{shard}"),
         manifest=str(shard_manifest(paths.reward_shard(W, "{rm}", "{shard}"))),
     params:
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=lambda wc: stage_params("reward", wc.rm),
         code=stage_code("reward", "engines", "paths", "generate"),
     wildcard_constraints:
         rm="|".join(REWARD_MODELS) or "none",
         shard=r"\d{5}",
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'reward', lambda wc: wc.rm)
     resources:
-        gpu=lambda wc: CFG.reward_model(wc.rm).tensor_parallel_size,
+        **fpcluster.rule_resources(CFG, 'reward', lambda wc: wc.rm),
+    conda:
+        "../../envs/vllm.yaml"
     log:
         f"{W}/logs/reward/{{rm}}/shard-{{shard}}.log",
     shell:
-        "{PY} -m fusepipe reward --config-json {params.cfg:q} --workdir {W} --target {wildcards.rm}"
+        "$FUSEPIPE_PYTHON -m fusepipe reward --config-json {params.cfg:q} --workdir {params.workdir} --target {wildcards.rm}"
         " --shard {wildcards.shard} 2>&1 | tee {log}"
 
 
@@ -62,10 +68,17 @@ rule vote:
         choices=paths.vote_choices(W),
         manifest=f"{W}/vote/_manifest.json",
     params:
-        cfg=stage_params("vote"),
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
+        cfg=lambda wc: stage_params("vote"),
         code=stage_code("reward", "paths"),
+        shards=CFG.generate.shards,
+    threads: fpcluster.rule_threads(CFG, 'vote')
+    resources:
+        **fpcluster.rule_resources(CFG, 'vote'),
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{W}/logs/vote.log",
     shell:
-        "{PY} -m fusepipe vote --config-json {params.cfg:q} --workdir {W} --shards {CFG.generate.shards}"
+        "$FUSEPIPE_PYTHON -m fusepipe vote --config-json {params.cfg:q} --workdir {params.workdir} --shards {params.shards}"
         " 2>&1 | tee {log}"

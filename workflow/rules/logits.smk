@@ -4,14 +4,6 @@ LOGITS_SHARDS = [f"{i:05d}" for i in range(CFG.logits.shards)]
 MODEL_NAMES = [m.name for m in CFG.models]
 
 
-def logits_targets():
-    out = []
-    for mode in CFG.logits.modes:
-        models = MODEL_NAMES if mode == "gt" else GENERATORS
-        out += [paths.logits_shard(W, mode, m, s) for m in models for s in LOGITS_SHARDS]
-    return out
-
-
 rule logits_gt:
     """Top-k of one model at every assistant token of the ground-truth conversations of one shard."""
     input:
@@ -21,18 +13,21 @@ rule logits_gt:
         shard=paths.logits_shard(W, "gt", "{model}", "{shard}"),
         manifest=str(shard_manifest(paths.logits_shard(W, "gt", "{model}", "{shard}"))),
     params:
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=lambda wc: stage_params("logits", wc.model),
         code=stage_code("logits", "engines", "paths", "generate"),
     wildcard_constraints:
         model="|".join(MODEL_NAMES),
         shard=r"\d{5}",
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'logits', lambda wc: wc.model)
     resources:
-        gpu=lambda wc: CFG.model(wc.model).tensor_parallel_size,
+        **fpcluster.rule_resources(CFG, 'logits', lambda wc: wc.model),
+    conda:
+        "../../envs/vllm.yaml"
     log:
         f"{W}/logs/logits/gt/{{model}}/shard-{{shard}}.log",
     shell:
-        "{PY} -m fusepipe logits --mode gt --config-json {params.cfg:q} --workdir {W} --target {wildcards.model}"
+        "$FUSEPIPE_PYTHON -m fusepipe logits --mode gt --config-json {params.cfg:q} --workdir {params.workdir} --target {wildcards.model}"
         " --shard {wildcards.shard} 2>&1 | tee {log}"
 
 
@@ -47,16 +42,20 @@ rule logits_inf:
         shard=paths.logits_shard(W, "inf", "{model}", "{shard}"),
         manifest=str(shard_manifest(paths.logits_shard(W, "inf", "{model}", "{shard}"))),
     params:
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=lambda wc: stage_params("logits", wc.model),
         code=stage_code("logits", "engines", "paths", "generate"),
+        gen_shards=CFG.generate.shards,
     wildcard_constraints:
         model="|".join(GENERATORS) or "none",
         shard=r"\d{5}",
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'logits', lambda wc: wc.model)
     resources:
-        gpu=lambda wc: CFG.model(wc.model).tensor_parallel_size,
+        **fpcluster.rule_resources(CFG, 'logits', lambda wc: wc.model),
+    conda:
+        "../../envs/vllm.yaml"
     log:
         f"{W}/logs/logits/inf/{{model}}/shard-{{shard}}.log",
     shell:
-        "{PY} -m fusepipe logits --mode inf --config-json {params.cfg:q} --workdir {W} --target {wildcards.model}"
-        " --shard {wildcards.shard} --gen-shards {CFG.generate.shards} 2>&1 | tee {log}"
+        "$FUSEPIPE_PYTHON -m fusepipe logits --mode inf --config-json {params.cfg:q} --workdir {params.workdir} --target {wildcards.model}"
+        " --shard {wildcards.shard} --gen-shards {params.gen_shards} 2>&1 | tee {log}"

@@ -1,28 +1,30 @@
 # Merging the trained targets of every pairwise recipe, one job per (recipe, method).
 MERGE_RECIPES = [r.name for r in fpconfig.merge_recipes(CFG)]
-
-
-def merge_targets():
-    return [paths.merge_model(W, r, m) for r in MERGE_RECIPES for m in CFG.merge.methods]
+MERGE_PAIRS = fpconfig.merge_pairs(CFG, ablations=True)  # `all`'s merges and the ablation grids'
 
 
 rule merge:
     """Merge a recipe's pairwise targets onto the pivot, streaming tensor by tensor (SCE, RSAF, TIES, ...)."""
     input:
         targets=lambda wc: [paths.train_model(W, wc.recipe, t)
-                            for t in fprecipes.targets(CFG, next(r for r in CFG.recipes if r.name == wc.recipe))],
+                            for t in fprecipes.targets(CFG, CFG.recipe(wc.recipe))],
         pivot=local_inputs(CFG.pivot.path),
     output:
         directory(paths.merge_model(W, "{recipe}", "{method}")),
     params:
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=lambda wc: stage_params("merge", f"{wc.recipe}/{wc.method}"),
         code=stage_code("merge", "paths"),
     wildcard_constraints:
-        recipe="|".join(MERGE_RECIPES) or "none",
-        method="|".join(CFG.merge.methods),
-    threads: 1
+        recipe="|".join(sorted({r for r, _ in MERGE_PAIRS})) or "none",
+        method="|".join(sorted({m for _, m in MERGE_PAIRS})) or "none",
+    threads: fpcluster.rule_threads(CFG, 'merge', lambda wc: f"{wc.recipe}/{wc.method}")
+    resources:
+        **fpcluster.rule_resources(CFG, 'merge', lambda wc: f"{wc.recipe}/{wc.method}"),
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{W}/logs/merge/{{recipe}}/{{method}}.log",
     shell:
-        "{PY} -m fusepipe merge run --config-json {params.cfg:q} --workdir {W} --recipe {wildcards.recipe}"
+        "$FUSEPIPE_PYTHON -m fusepipe merge run --config-json {params.cfg:q} --workdir {params.workdir} --recipe {wildcards.recipe}"
         " --method {wildcards.method} 2>&1 | tee {log}"

@@ -12,8 +12,15 @@ rule report:
         summary=paths.report_file(W, "summary.txt"),
         csv=paths.report_file(W, "results.csv"),
     params:
+        workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=json.dumps({"pivot": CFG.pivot.name, "models": list(EVAL_MODELS)}),
         code=stage_code("report"),
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'report')
+    resources:
+        **fpcluster.rule_resources(CFG, 'report'),
+    conda:
+        "../../envs/cpu.yaml"
+    log:
+        f"{W}/logs/report.log",
     shell:
-        "{PY} -m fusepipe report --config-json {params.cfg:q} --workdir {W}"
+        "$FUSEPIPE_PYTHON -m fusepipe report --config-json {params.cfg:q} --workdir {params.workdir} 2>&1 | tee {log}"

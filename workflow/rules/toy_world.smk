@@ -3,12 +3,17 @@ if CFG.toy.enabled:
     rule toy_world:
         """Build the embedded default's models, reward models and data (only when `toy.enabled`)."""
         output:
-            [directory(p) if "/models/" in p or "/reward_models/" in p else p for p in TOY_OUTPUTS],
+            TOY_DECLARED,
         params:
-            cfg=stage_params("toy_world"),
+            workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
+            cfg=lambda wc: stage_params("toy_world"),
             code=stage_code("toy"),
         threads: CFG.toy.threads
+        resources:
+            **fpcluster.rule_resources(CFG, 'toy_world'),
+        conda:
+            "../../envs/cpu.yaml"
         log:
             f"{W}/logs/toy_world.log",
         shell:
-            "{PY} -m fusepipe toy_world --config-json {params.cfg:q} --out {W}/toy 2>&1 | tee {log}"
+            "$FUSEPIPE_PYTHON -m fusepipe toy_world --config-json {params.cfg:q} --out {params.workdir}/toy 2>&1 | tee {log}"

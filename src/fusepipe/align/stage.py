@@ -483,6 +483,7 @@ def run(params: dict[str, Any], workdir: str | Path, step: str, mode: str | None
 
     pivot, source = params["pivot"]["name"], params["source"]["name"]
     modes, shards = params["modes"], range(params["logits"]["shards"])
+    variant = params.get("variant")  # another vocabulary map: vocab/project/coverage in a subfolder, links shared
     if mode is not None and mode not in modes:
         raise ArtifactError(f"{pivot}~{source}: mode {mode!r} is not aligned for this pair (aligned: "
                             f"{', '.join(modes) or 'none'}); inf needs the source among the generators")
@@ -501,16 +502,17 @@ def run(params: dict[str, Any], workdir: str | Path, step: str, mode: str | None
                       paths.align_links(workdir, pivot, source, m, s), **kw)
     elif step == "vocab":
         run_vocab(params, [paths.align_links(workdir, pivot, source, m, s) for m, s in every],
-                  paths.align_counts(workdir, pivot, source), paths.align_vocab(workdir, pivot, source))
+                  paths.align_counts(workdir, pivot, source, variant), paths.align_vocab(workdir, pivot, source, variant))
     elif step == "project":
         for m, s in todo:
             run_project(params, m, s, paths.align_links(workdir, pivot, source, m, s),
-                        paths.logits_shard(workdir, m, source, s), paths.align_counts(workdir, pivot, source),
-                        paths.align_vocab(workdir, pivot, source), paths.align_shard(workdir, pivot, source, m, s))
+                        paths.logits_shard(workdir, m, source, s), paths.align_counts(workdir, pivot, source, variant),
+                        paths.align_vocab(workdir, pivot, source, variant),
+                        paths.align_shard(workdir, pivot, source, m, s, variant))
     elif step == "coverage":
-        shard_paths = {m: [paths.align_shard(workdir, pivot, source, m, s) for s in shards] for m in modes}
-        report = run_coverage(params, shard_paths, paths.align_vocab(workdir, pivot, source),
-                              paths.align_coverage(workdir, pivot, source))
+        shard_paths = {m: [paths.align_shard(workdir, pivot, source, m, s, variant) for s in shards] for m in modes}
+        report = run_coverage(params, shard_paths, paths.align_vocab(workdir, pivot, source, variant),
+                              paths.align_coverage(workdir, pivot, source, variant))
         log.info("%s~%s: %d positions, valid %.3f, mass kept %.3f, 1-1 %.2f / 1-n %.2f / n-1 %.2f", pivot, source,
                  report.get("positions", 0), report.get("valid_share", 0), report.get("mass_kept", 0),
                  *(report.get("link_share", {}).get(k, 0) for k in ("one_to_one", "one_to_many", "many_to_one")))

@@ -5,13 +5,20 @@ folder or hub id). Formats:
 - `messages` (OpenAI):  {"messages": [{"role": "user"|"assistant"|"system", "content": ...}]}
 - `sharegpt`:           {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}], "system"?: ...}
 - `alpaca`:             {"instruction", "input"?, "output", "system"?}
-- `orca`:               {"system_prompt"?, "question", "response"}
+- `orca`:               {"system_prompt"?, "question", "response"}, or Orca-Best's cluster rows
+                        {"instruction" (the system prompt), "cluster"|"conversation": {"samples": [{"input", "output"}]}}
+                        (the first sample of the cluster: the clusters group near-duplicate instructions)
+- `columns`:            any table, read through the source's `columns:` mapping (`{prompt, response, system?,
+                        input?}` for single-turn tables such as MetaMathQA `query`/`response`, or `{text}` for a
+                        dialogue in one column: ChatML `<|im_start|>role ... <|im_end|>` or `### Human: ... ###
+                        Assistant: ...`)
 A row that cannot be read as a conversation raises `DataError` naming the file, the row and the problem.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,7 @@ FORMAT_KEYS = {
     "alpaca": ("instruction", "output"),
     "orca": ("question", "response"),
 }
+ORCA_CLUSTER_KEYS = ("cluster", "conversation")  # Orca-Best: {"instruction", "cluster": {"samples": [...]}}
 
 
 @dataclass
@@ -39,7 +47,7 @@ class RawRow:
     record: Any
 
 
-def iter_rows(path: str, loader: str, split: str) -> Iterator[RawRow]:
+def iter_rows(path: str, loader: str, split: str, data_files: str | list[str] | None = None) -> Iterator[RawRow]:
     loader = resolve_loader(path, loader)
     if loader == "jsonl":
         yield from _jsonl(Path(path))
@@ -48,7 +56,7 @@ def iter_rows(path: str, loader: str, split: str) -> Iterator[RawRow]:
     elif loader == "parquet":
         yield from _parquet(Path(path))
     else:
-        yield from _hf(path, split)
+        yield from _hf(path, split, data_files)
 
 
 def resolve_loader(path: str, loader: str) -> str:
@@ -105,11 +113,12 @@ def _parquet(path: Path) -> Iterator[RawRow]:
             n += 1
 
 
-def _hf(path: str, split: str) -> Iterator[RawRow]:
+def _hf(path: str, split: str, data_files: str | list[str] | None = None) -> Iterator[RawRow]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(path, split=split, streaming=True)
+        extra = {"data_files": data_files} if data_files else {}
+        ds = datasets.load_dataset(path, split=split, streaming=True, **extra)
     except Exception as err:  # hub errors, missing folders, unknown splits
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{path}: cannot load with datasets.load_dataset (split {split!r}): {msg}") from None
@@ -122,25 +131,36 @@ def detect_format(record: Any, where: str) -> str:
         for fmt, keys in FORMAT_KEYS.items():
             if all(k in record for k in keys):
                 return fmt
+        if "instruction" in record and any(isinstance(record.get(k), dict) for k in ORCA_CLUSTER_KEYS):
+            return "orca"
     keys = sorted(record) if isinstance(record, dict) else type(record).__name__
     raise DataError(
         f"{where}: cannot tell the conversation format from keys {keys}; expected one of "
-        "messages / conversations / instruction+output / question+response, or set `format:`"
+        "messages / conversations / instruction+output / question+response, or set `format:` (format: columns "
+        "with a `columns:` mapping reads any table)"
     )
 
 
-def to_messages(record: Any, fmt: str, where: str) -> list[dict[str, str]]:
-    """Normalise one record to a list of {role, content}. Raises DataError naming `where`."""
+def to_messages(record: Any, fmt: str, where: str, columns: dict[str, str | None] | None = None) -> list[dict[str, str]]:
+    """Normalise one record to a list of {role, content}. Raises DataError naming `where`.
+
+    `columns` (format `columns`): the source's column mapping, {prompt, response, system, input} or {text}."""
     if isinstance(record, DataError):
         raise DataError(f"{where}: {record}")
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object, got {type(record).__name__}")
+    if fmt == "columns":
+        return _check_turns(_columns(record, columns or {}, where), where)
     try:
         msgs = _PARSERS[fmt](record)
     except KeyError as err:
         raise DataError(f"{where}: missing field {err.args[0]!r} for format {fmt!r}") from None
-    except (TypeError, AttributeError):
+    except (TypeError, AttributeError, IndexError):
         raise DataError(f"{where}: fields have the wrong type for format {fmt!r}") from None
+    return _check_turns(msgs, where)
+
+
+def _check_turns(msgs: list[tuple], where: str) -> list[dict[str, str]]:
     out = []
     for i, m in enumerate(msgs):
         role = ROLE_ALIASES.get(str(m[0]).lower()) if m[0] is not None else None
@@ -174,8 +194,63 @@ def _alpaca(r: dict) -> list[tuple]:
 
 
 def _orca(r: dict) -> list[tuple]:
+    if "question" not in r and "instruction" in r:  # Orca-Best: one cluster of samples sharing a system prompt
+        cluster = next((r[k] for k in ORCA_CLUSTER_KEYS if k in r), None)
+        if cluster is None:
+            raise KeyError("cluster")
+        sample = cluster["samples"][0]
+        head = [("system", r["instruction"])] if r.get("instruction") else []
+        return head + [("user", sample["input"]), ("assistant", sample["output"])]
     head = [("system", r["system_prompt"])] if r.get("system_prompt") else []
     return head + [("user", r["question"]), ("assistant", r["response"])]
+
+
+def _column(r: dict, columns: dict[str, str | None], key: str, where: str, required: bool = True) -> Any:
+    name = columns.get(key)
+    if name is None:
+        return None
+    if name not in r:
+        if not required:
+            return None
+        raise DataError(f"{where}: missing column {name!r} (columns.{key}); the row has columns {sorted(r)}")
+    value = r[name]
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{where}: column {name!r} (columns.{key}) is {type(value).__name__}, expected text")
+    return value
+
+
+def _columns(r: dict, columns: dict[str, str | None], where: str) -> list[tuple]:
+    """A row through the source's column mapping: prompt/response (+ system, input) or one dialogue text."""
+    if columns.get("text"):
+        text = _column(r, columns, "text", where)
+        return parse_dialogue_text(text or "", where)
+    prompt = _column(r, columns, "prompt", where)
+    response = _column(r, columns, "response", where)
+    if prompt is None or response is None:
+        which = "prompt" if prompt is None else "response"
+        raise DataError(f"{where}: column {columns[which]!r} (columns.{which}) is null")
+    extra = _column(r, columns, "input", where, required=False)
+    system = _column(r, columns, "system", where, required=False)
+    head = [("system", system)] if system else []
+    return head + [("user", prompt + (f"\n\n{extra}" if extra else "")), ("assistant", response)]
+
+
+_CHATML = re.compile(r"<\|im_start\|>\s*(\w+)\s*\n(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)", re.DOTALL)
+_HUMAN_ASSISTANT = re.compile(r"###\s*(Human|Assistant|User|System)\s*:", re.IGNORECASE)
+
+
+def parse_dialogue_text(text: str, where: str) -> list[tuple]:
+    """One column holding a whole dialogue -> turns. Layouts: ChatML (`<|im_start|>user\n...<|im_end|>`, as in
+    oasst_top1_2023-08-25) or `### Human: ... ### Assistant: ...` (as in openassistant-guanaco)."""
+    if "<|im_start|>" in text:
+        turns = [(role, body.strip()) for role, body in _CHATML.findall(text)]
+    else:
+        parts = _HUMAN_ASSISTANT.split(text)
+        turns = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+    if not turns:
+        raise DataError(f"{where}: text column has no turns in a known layout (ChatML `<|im_start|>user` or "
+                        "`### Human:` / `### Assistant:`)")
+    return turns
 
 
 _PARSERS = {"messages": _messages, "sharegpt": _sharegpt, "alpaca": _alpaca, "orca": _orca}

@@ -33,17 +33,19 @@ def _unit(*key: object) -> float:
 
 def read_source(src: dict[str, Any], on_bad_row: str, counts: Counter) -> list[list[dict]]:
     """Parse and clean one source; malformed rows raise (default) or are counted (`on_bad_row: skip`)."""
-    fmt = src["format"]
+    fmt, columns = src["format"], src.get("columns")
+    rows = iter_rows(src["path"], src["loader"], src["split"], src.get("data_files"))
     out = []
-    for row in track(iter_rows(src["path"], src["loader"], src["split"]), f"reading {src['name']}", unit="rows"):
+    for row in track(rows, f"reading {src['name']}", unit="rows"):
         counts["rows_read"] += 1
         try:
             if fmt == "auto" and not isinstance(row.record, DataError):
                 fmt = detect_format(row.record, row.where)
-            msgs = to_messages(row.record, fmt, row.where)
+            msgs = to_messages(row.record, fmt, row.where, columns)
         except DataError as err:
             if on_bad_row == "error":
-                raise DataError(f"{err} (set data.on_bad_row: skip to skip and count such rows)") from None
+                raise DataError(f"source {src['name']!r}: {err} (set data.on_bad_row: skip to skip and count such "
+                                "rows)") from None
             counts["bad_rows"] += 1
             log.debug("skipped %s", err)
             continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,9 @@ def run_toy(params: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
     benchmark = Path(workdir) / "toy" / "data" / "benchmark.jsonl"
     if not benchmark.is_file():
         raise ArtifactError(f"{benchmark}: missing; the toy suite needs the toy world (toy.enabled: true)")
+    # the local task's JSON loads through `datasets`, which would otherwise ask the hub about it first (it reads
+    # this at import, and lm_eval is imported by _harness below); real suites keep the user's setting
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="fusepipe-toy-task-") as tmp:
         names = write_toy_tasks(Path(tmp), benchmark, stop_strings(params["model"]))
         out = _harness(params["model"]["path"], names, params["suite"], params["model"], include_path=tmp)

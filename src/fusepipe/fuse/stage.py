@@ -45,15 +45,16 @@ def inputs(params: dict[str, Any], workdir: str | Path, shard: int) -> dict[str,
     """Every file the job reads (the Snakemake rule's inputs and the CLI's paths)."""
     pivot, modes = params["pivot"]["name"], params["recipe"]["modes"]
     sources = params["members"][1:]
+    variant = params.get("align_variant")  # a recipe with its own vocabulary map (align/{pair}/vocab-{map}/)
     out: dict[str, list[str]] = {"data": [paths.data(workdir)]}
     if "gt" in modes:
         out["gt"] = [paths.logits_shard(workdir, "gt", pivot, shard)]
-        out["gt"] += [paths.align_shard(workdir, pivot, s, "gt", shard) for s in sources]
+        out["gt"] += [paths.align_shard(workdir, pivot, s, "gt", shard, variant) for s in sources]
     if "inf" in modes:
         gens = [m for m in params["members"] if m in params["generators"]]
         out["vote"] = [paths.vote_choices(workdir)]
         out["inf"] = [paths.logits_shard(workdir, "inf", pivot, shard)] if pivot in gens else []
-        out["inf"] += [paths.align_shard(workdir, pivot, s, "inf", shard) for s in sources if s in gens]
+        out["inf"] += [paths.align_shard(workdir, pivot, s, "inf", shard, variant) for s in sources if s in gens]
         out["gen"] = [paths.gen_shard(workdir, m, j) for m in gens for j in range(params["gen_shards"])]
     return out
 

@@ -101,10 +101,18 @@ def plot_domains(results: dict[str, dict[str, Any]], out: Path) -> Path | None:
     return out
 
 
-def plot_training(workdir: Path, out: Path) -> Path | None:
+def _of_run(paths_: list[Path], kind: str, models: set[str] | None, depth: int) -> list[Path]:
+    """Only the artifacts of the report's models (`train.{recipe}.{target}`, `merge.{recipe}.{method}`), not those
+    an ablation run left in the same workdir."""
+    if models is None:
+        return paths_
+    return [p for p in paths_ if f"{kind}.{p.parents[depth].parent.name}.{p.parents[depth].name}" in models]
+
+
+def plot_training(workdir: Path, out: Path, models: set[str] | None = None) -> Path | None:
     import polars as pl
 
-    logs = sorted(workdir.glob("train/*/*/log.parquet"))
+    logs = _of_run(sorted(workdir.glob("train/*/*/log.parquet")), "train", models, 0)
     if not logs:
         return None
     plt = _plt()
@@ -128,8 +136,8 @@ def plot_training(workdir: Path, out: Path) -> Path | None:
     return out
 
 
-def plot_merge(workdir: Path, out: Path) -> Path | None:
-    manifests = sorted(workdir.glob("merge/*/*/model/merge_manifest.json"))
+def plot_merge(workdir: Path, out: Path, models: set[str] | None = None) -> Path | None:
+    manifests = _of_run(sorted(workdir.glob("merge/*/*/model/merge_manifest.json")), "merge", models, 1)
     if not manifests:
         return None
     plt = _plt()
@@ -204,8 +212,9 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
         writer.writeheader()
         writer.writerows(rows)
     plots = {name: fn for name, fn in (
-        ("domains.png", lambda p: plot_domains(results, p)), ("training.png", lambda p: plot_training(workdir, p)),
-        ("merge.png", lambda p: plot_merge(workdir, p)))}
+        ("domains.png", lambda p: plot_domains(results, p)),
+        ("training.png", lambda p: plot_training(workdir, p, set(results))),
+        ("merge.png", lambda p: plot_merge(workdir, p, set(results))))}
     made = [name for name, fn in plots.items() if fn(out_dir / name)]
     intro = (f"<h1>fusepipe report</h1><p>workdir <code>{html.escape(str(workdir))}</code>, pivot "
              f"<b>{html.escape(pivot)}</b>, SFT baseline: {html.escape(str(baseline_of(results)))}</p>")

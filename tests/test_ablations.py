@@ -1,0 +1,219 @@
+"""The ablation grids (`snakemake ablations`, issue 8): grid expansion, reuse of configured runs, bad values, the
+tables, and the jobs the target adds (dry runs only: the grids themselves are too slow for CI)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, copy_workflow, snakemake
+
+from fusepipe import ablations, paths
+from fusepipe import config as fpconfig
+from fusepipe.errors import ConfigError
+from fusepipe.fuse import stage as fuse_stage
+from fusepipe.report import ablations as report_ablations
+
+
+def raw_default() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def load(edit=None) -> fpconfig.Config:
+    raw = raw_default()
+    if edit is not None:
+        edit(raw)
+    return fpconfig.load_dict(raw)
+
+
+def test_toy_grids_expand_into_variants_reusing_configured_runs():
+    cfg = load()
+    plan = ablations.plan(cfg)
+    got = {g: [(v.value, v.model, v.reused, v.reference) for v in vs] for g, vs in plan.grids.items()}
+    assert got == {
+        "merge": [("sce", "merge.fusechat.sce", "config", True), ("rsaf", "merge.fusechat.rsaf", "config", False),
+                  ("ties", "merge.fusechat.ties", None, False),
+                  ("task_arithmetic", "merge.fusechat.task_arithmetic", None, False),
+                  ("dare", "merge.fusechat.dare", None, False), ("linear", "merge.fusechat.linear", None, False)],
+        "vocab": [("ms", "merge.fusechat.sce", "config", True), ("mined", "merge.abl-vocab-mined.sce", None, False),
+                  ("em", "merge.abl-vocab-em.sce", None, False)],
+        "schedule": [("profuser", "train.profuser.all", "config", True),
+                     *[(s, f"train.abl-schedule-{s}.all", None, False)
+                       for s in ("simulfuse", "reversefuse", "gtlen", "fuse", "csft")]],
+        "fusion": [("mince", "train.abl-fusion-mince.all", None, False),
+                   ("udf", "train.abl-fusion-udf.all", None, True),
+                   ("naive", "train.abl-fusion-naive.all", None, False)],
+        "structure": [("pairwise", "merge.abl-structure-pairwise.rsaf", None, True),
+                      ("unified", "train.abl-fusion-udf.all", "grid fusion", False)],
+    }
+    generated = {r.name: r for r in plan.recipes}
+    assert list(generated) == ["abl-vocab-mined", "abl-vocab-em", *[f"abl-schedule-{s}" for s in (
+        "simulfuse", "reversefuse", "gtlen", "fuse", "csft")], "abl-fusion-mince", "abl-fusion-udf",
+        "abl-fusion-naive", "abl-structure-pairwise"]
+    assert generated["abl-schedule-gtlen"].kind == "profuser" and generated["abl-schedule-gtlen"].schedule == "gtlen"
+    assert generated["abl-fusion-naive"].kind == "infifusion_unified"
+    assert generated["abl-fusion-naive"].fusion.function == "naive"
+    assert generated["abl-structure-pairwise"].kind == "infifusion_pairwise"
+    assert generated["abl-vocab-em"].align_vocab == "em" and generated["abl-vocab-em"].kind == "fusechat"
+    # Generated recipes use the ablations' train block (the profuser recipe's, hence its reuse).
+    assert generated["abl-schedule-csft"].train == cfg.ablations.train
+    # Nothing generated enters `all`: the config's recipes, merges and evaluation ids are unchanged.
+    assert [r.name for r in cfg.recipes] == ["fusechat", "sft", "profuser"]
+    assert fpconfig.merge_pairs(cfg) == [("fusechat", "sce"), ("fusechat", "rsaf")]
+    assert not [m for m in fpconfig.eval_models(cfg) if "abl-" in m or m.endswith((".ties", ".dare"))]
+    assert set(fpconfig.eval_models(cfg, ablations=True)) == set(fpconfig.eval_models(cfg)) | set(plan.eval_models)
+    assert ("abl-structure-pairwise", "rsaf") in fpconfig.merge_pairs(cfg, ablations=True)
+
+
+def test_ablation_slices_and_vocab_variant_paths():
+    cfg = load()
+    # `all`'s slices carry nothing new (so a built pipeline does not rerun).
+    assert "align_variant" not in fpconfig.stage_slice(cfg, "fuse", "fusechat/qwen-arith")
+    assert fpconfig.align_slice(cfg, "qwen-arith") == fpconfig.stage_slice(cfg, "align", "qwen-arith")
+    assert fpconfig.align_slice(cfg, "qwen-arith", "ms") == fpconfig.stage_slice(cfg, "align", "qwen-arith")
+    variant = fpconfig.align_slice(cfg, "qwen-arith", "mined")
+    assert variant["variant"] == "vocab-mined" and variant["align"]["vocab"] == "mined"
+    fuse = fpconfig.stage_slice(cfg, "fuse", "abl-vocab-mined/qwen-arith")
+    assert fuse["align_variant"] == "vocab-mined"
+    files = fuse_stage.inputs(fuse, "W", 1)
+    assert files["gt"][1] == "W/align/llama-pivot~qwen-arith/vocab-mined/gt/shard-00001.parquet"
+    assert paths.align_coverage("W", "p", "s", "vocab-em") == "W/align/p~s/vocab-em/coverage.json"
+    # Ablation merges and models have slices; the merge grid merges fusechat's targets with ties.
+    merge = fpconfig.stage_slice(cfg, "merge", "fusechat/ties")
+    assert merge["merge"]["method"] == "ties" and merge["targets"] == ["qwen-arith", "mistral-facts", "gpt2-strings"]
+    ev = fpconfig.stage_slice(cfg, "evaluate", "train.abl-schedule-gtlen.all/toy")
+    assert ev["about"]["recipe"] == "abl-schedule-gtlen"
+    train = fpconfig.stage_slice(cfg, "train", "abl-schedule-gtlen/all")
+    assert train["recipe"]["schedule_name"] == "gtlen" and train["recipe"]["schedule"][0]["order"] == "length"
+    with pytest.raises(ConfigError, match="no merge 'sft/ties'"):
+        fpconfig.stage_slice(cfg, "merge", "sft/ties")
+
+
+def test_no_grids_by_default():
+    def edit(raw):
+        del raw["ablations"]
+
+    cfg = load(edit)
+    assert cfg.ablations.grids == [] and cfg.extra_recipes == []
+    plan = ablations.plan(cfg)
+    assert plan.grids == {} and plan.recipes == [] and plan.eval_models == {}
+
+
+def _set(path: str, value):
+    def edit(raw):
+        node = raw
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("ablations.merge.values", ["sce", "magic"]),
+     r"ablations\.merge\.values\.1: Input should be 'sce'.*\(got \"magic\"\)"),
+    (_set("ablations.schedule.values", ["profuser", "slowfuse"]),
+     r"ablations\.schedule\.values\.1: Input should be .*'gtlen'.*\(got \"slowfuse\"\)"),
+    (_set("ablations.fusion.reference", "minilogit"),
+     r"ablations\.fusion: reference 'minilogit' is not one of the grid's values \(mince, udf, naive\)"),
+    (_set("ablations.vocab.values", ["ms", "em", "em"]), r"ablations\.vocab: values: duplicated em"),
+    (_set("ablations.merge.recipe", "nope"),
+     r"ablations\.merge\.recipe: no recipe named 'nope' \(recipes: fusechat, sft, profuser\)"),
+    (_set("ablations.vocab.recipe", "profuser"),
+     r"ablations\.vocab\.recipe: recipe 'profuser' trains one unified target.*needs a pairwise recipe"),
+    (_set("ablations.grids", ["merge", "sweep"]), r"ablations\.grids\.1: Input should be 'merge'"),
+])
+def test_bad_grid_values_name_the_key_and_what_is_allowed(edit, message):
+    with pytest.raises(ConfigError, match=message):
+        load(edit)
+
+
+def test_a_grid_value_needing_uncaptured_logits_is_refused():
+    def edit(raw):
+        raw["recipes"] = [r for r in raw["recipes"] if r["kind"] != "profuser"]
+        raw["logits"]["modes"] = ["gt"]
+
+    with pytest.raises(ConfigError, match=r"ablations\.schedule: value 'profuser' trains on mode 'inf' but "
+                                          r"logits\.modes is \['gt'\]"):
+        load(edit)
+
+
+def test_tables_report_the_results_they_read(tmp_path):
+    cfg = load()
+    params = ablations.report_params(cfg)
+    workdir = tmp_path / "results"
+    metrics = {}
+    for i, model in enumerate(dict.fromkeys([cfg.pivot.name, *ablations.plan(cfg).models])):
+        m = {"toy_arith": 0.1 + 0.01 * i, "toy_facts": 0.2 + 0.02 * i, "toy_strings": 0.3, "rm_rm-large": 1.0 + i,
+             "rm_rm-medium": -2.0, "rm_rm-small": 0.5 * i, "win_rate_vs_pivot": 0.05 * i}
+        m["toy_mean"] = (m["toy_arith"] + m["toy_facts"] + m["toy_strings"]) / 3
+        metrics[model] = m
+        out = Path(paths.eval_results(workdir, model))
+        out.parent.mkdir(parents=True)
+        out.write_text(json.dumps({"model": model, "metrics": m, "about": {}}))
+    for g in params["grids"]:  # coverage.json of the vocab grid's pairs
+        for v in g["variants"]:
+            for k, p in enumerate(v.get("coverage", [])):
+                p = Path(str(p).replace(cfg.workdir, str(workdir), 1))
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(json.dumps({"valid_share": 0.9 + 0.01 * k, "mass_kept": 0.8}))
+                v["coverage"][k] = str(p)
+    done = report_ablations.run(params, workdir, workdir / "report")
+    tables = {t["grid"]: t for t in done["tables"]}
+    assert list(tables) == ["merge", "vocab", "schedule", "fusion", "structure"]
+    for t in tables.values():
+        ref = next(r for r in t["rows"] if r["reference"])
+        for r in t["rows"]:
+            m = metrics[r["model"]]
+            assert r["toy_arith"] == m["toy_arith"] and r["toy_mean"] == m["toy_mean"]
+            assert r["win_rate_vs_pivot"] == m["win_rate_vs_pivot"]
+            rm = (m["rm_rm-large"] + m["rm_rm-medium"] + m["rm_rm-small"]) / 3
+            assert r["rm_mean"] == pytest.approx(rm)
+            assert r["Δtoy_mean"] == pytest.approx(m["toy_mean"] - metrics[ref["model"]]["toy_mean"])
+            assert r["Δwin_rate_vs_pivot"] == pytest.approx(m["win_rate_vs_pivot"]
+                                                           - metrics[ref["model"]]["win_rate_vs_pivot"])
+        assert t["pivot"]["model"] == cfg.pivot.name
+        assert [v for group in t["ranking"] for v in group] == [
+            r["value"] for r in sorted(t["rows"], key=lambda r: -r["toy_mean"])]
+    assert report_ablations.ranking_text([["a"], ["b", "c"]]) == "a > b = c"
+    assert tables["vocab"]["rows"][1]["valid_share"] == pytest.approx((0.90 + 0.91 + 0.92) / 3)
+    md = (workdir / "report" / "ablations.md").read_text()
+    gtlen = metrics["train.abl-schedule-gtlen.all"]
+    line = next(ln for ln in md.splitlines() if ln.startswith("| gtlen |"))
+    assert f"| {gtlen['toy_arith']:.3f} | {gtlen['toy_facts']:.3f} | {gtlen['toy_strings']:.3f} |" in line
+    assert "| profuser * |" in md and "## structure:" in md
+    assert "<h2>merge:" in (workdir / "report" / "ablations.html").read_text()
+
+
+def _job_stats(out: str) -> dict[str, int]:
+    block = out.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.MULTILINE)
+            if m.group(1) != "total"}
+
+
+ALL_JOBS = {"toy_world": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8, "logits_inf": 8,
+            "align_links": 12, "align_vocab": 3, "align_project": 12, "align_coverage": 3, "fuse": 10, "train": 5,
+            "merge": 2, "evaluate": 22, "eval_results": 11, "report": 1, "all": 1}
+
+
+def test_dry_run_ablations_adds_exactly_the_grid_jobs_and_all_is_unchanged(tmp_path):
+    root = copy_workflow(tmp_path)
+    everything = snakemake(root, "all", "-n").stdout
+    assert _job_stats(everything) == ALL_JOBS
+    assert not re.search(r"/abl-|\.abl-|/vocab-|\.(ties|dare|linear|task_arithmetic)\b|rule report_ablations",
+                         everything)
+    stats = _job_stats(snakemake(root, "ablations", "-n", "--quiet", "rules").stdout)
+    # Upstream of the grids: everything `all` builds up to training, less the sft baseline's fuse/train/eval and
+    # all's report. New: 17 trained targets (vocab 2x3, schedule 5, fusion 3, structure 3), 7 merges, 15 models;
+    # each vocab map re-runs vocab/project/coverage per pair (2 maps x 3 pairs; 2 modes x 2 shards of projections).
+    assert stats == {
+        "toy_world": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8, "logits_inf": 8,
+        "align_links": 12, "align_vocab": 3, "align_project": 12, "align_coverage": 3,
+        "align_vocab_variant": 6, "align_project_variant": 24, "align_coverage_variant": 6,
+        "fuse": 2 * (4 + 17), "train": 4 + 17, "merge": 2 + 7, "evaluate": 2 * 19, "eval_results": 19,
+        "report_ablations": 1, "ablations": 1,
+    }
