@@ -61,6 +61,9 @@ rule ablations:
 
 onsuccess:
     shell(f"{PY} -m fusepipe summary --workdir {W}")
-    if Path(paths.report_file(W, "summary.txt")).is_file():
+    if "ablations" in workflow.dag_settings.targets and Path(paths.report_file(W, "ablations.md")).is_file():
+        print(f"\nAblation grids, full report: {paths.report_file(W, 'ablations.html')}")
+        print(Path(paths.report_file(W, "ablations.md")).read_text())
+    elif Path(paths.report_file(W, "summary.txt")).is_file():
         print(f"\nResults (Δ against the pivot), full report: {paths.report_file(W)}")
         print(Path(paths.report_file(W, "summary.txt")).read_text())
