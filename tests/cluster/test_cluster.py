@@ -244,11 +244,14 @@ def test_conda_envs_carry_the_package_dependencies(env):
     assert ("deepspeed" in requirement_names(pip)) == (env == "train")
 
 
-def test_every_rule_names_its_conda_env():
+def test_every_rule_names_its_conda_env_threads_and_resources():
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
         text = smk.read_text()
         rules = re.findall(r"^\s*rule (\w+):", text, re.MULTILINE)
         assert text.count("conda:") == len(rules), smk.name
+        assert text.count("**fpcluster.rule_resources(CFG, ") == len(rules), smk.name
+        threads = text.count("threads: fpcluster.rule_threads(CFG, ") + text.count("threads: CFG.toy.threads")
+        assert threads == len(rules), smk.name
         for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', text):
             assert (smk.parent / env).resolve().is_file(), (smk.name, env)
 

@@ -18,7 +18,7 @@ rule report_ablations:
         workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=json.dumps(ABLATION_PARAMS, sort_keys=True),
         code=stage_code("report", "ablations"),
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'report')
     resources:
         **fpcluster.rule_resources(CFG, 'report'),
     conda:

@@ -140,7 +140,7 @@ rule align_vocab_variant:
     wildcard_constraints:
         source="|".join(SOURCE_NAMES) or "none",
         vocab=ALIGN_VOCABS,
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'align')
     resources:
         **fpcluster.rule_resources(CFG, 'align'),
     conda:
@@ -171,7 +171,7 @@ rule align_project_variant:
         vocab=ALIGN_VOCABS,
         mode="gt|inf",
         shard=r"\d{5}",
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'align')
     resources:
         **fpcluster.rule_resources(CFG, 'align'),
     conda:
@@ -198,7 +198,7 @@ rule align_coverage_variant:
     wildcard_constraints:
         source="|".join(SOURCE_NAMES) or "none",
         vocab=ALIGN_VOCABS,
-    threads: 1
+    threads: fpcluster.rule_threads(CFG, 'align')
     resources:
         **fpcluster.rule_resources(CFG, 'align'),
     conda:
