@@ -292,3 +292,12 @@ def test_a_recipe_edit_changes_only_its_stage_params(edit, stale):
     changed = {k for k in before if before[k] != after[k]}
     expected = stale if isinstance(stale, set) else {k for k in before if k.startswith(stale)}
     assert changed == expected and expected
+
+
+def test_rules_run_the_snakemake_interpreter_or_the_conda_envs_python(monkeypatch, tmp_path):
+    monkeypatch.delenv("FUSEPIPE_PYTHON", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert cluster.job_python(False, str(tmp_path)) == sys.executable == os.environ["FUSEPIPE_PYTHON"]
+    assert os.environ["PYTHONPATH"] == "/elsewhere"
+    assert cluster.job_python(True, str(tmp_path)) == "python" == os.environ["FUSEPIPE_PYTHON"]
+    assert os.environ["PYTHONPATH"] == f"{tmp_path}/src{os.pathsep}/elsewhere"
