@@ -301,3 +301,14 @@ def test_rules_run_the_snakemake_interpreter_or_the_conda_envs_python(monkeypatc
     assert os.environ["PYTHONPATH"] == "/elsewhere"
     assert cluster.job_python(True, str(tmp_path)) == "python" == os.environ["FUSEPIPE_PYTHON"]
     assert os.environ["PYTHONPATH"] == f"{tmp_path}/src{os.pathsep}/elsewhere"
+
+
+def test_braces_of_a_chat_template_are_not_wildcards(tmp_path):
+    """The data rule's params hold the pivot's chat template; `{{ bos_token }}` there once failed the DAG with a
+    WildcardError (a plain params string is a wildcard pattern)."""
+    root = copy_workflow(tmp_path)
+    raw = yaml.safe_load((REPO / "config" / "recipes" / "fusechat-7b.yaml").read_text())
+    raw["models"][0]["chat_template"] = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (root / "config" / "edited.yaml").write_text(yaml.safe_dump(raw))
+    proc = snakemake(root, "-n", "all", "--configfile", "config/edited.yaml")
+    assert "rule data:" in proc.stdout
