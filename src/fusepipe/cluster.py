@@ -58,14 +58,6 @@ def _weights_mb(spec: Any) -> int:
     return int(n / 2**20) if n else 0
 
 
-def _largest_tensor(spec: Any) -> int:
-    """Elements of a model's largest weight (the embedding or one MLP matrix); 0 when its size is unknown."""
-    a = sizes.arch(spec)
-    if a is None:
-        return 0
-    return max(a.vocab * a.hidden, a.hidden * max(a.intermediate, a.moe_intermediate or 0), a.heads * a.dim * a.hidden)
-
-
 def gpus(cfg: Config, family: str, target: str | None) -> int:
     """GPUs one job of `family` asks for (per node for train)."""
     if family in ("generate", "logits"):
@@ -105,7 +97,8 @@ def mem_mb(cfg: Config, family: str, target: str | None) -> int:
     if family == "merge":
         name = (target or "").partition("/")[0]
         k = len(recipes.targets(cfg, _recipe(cfg, name)))
-        largest = _largest_tensor(cfg.pivot)
+        pivot = sizes.arch(cfg.pivot)
+        largest = pivot.largest_tensor() if pivot else 0
         return max(c.cpu_mem_mb, int((k + 2) * largest * 4 / 2**20) + 4 * GB)
     if family in ("align", "fuse"):
         vocab = max((a.vocab for a in map(sizes.arch, cfg.models) if a), default=0)

@@ -310,8 +310,7 @@ def estimate(cfg: fpconfig.Config, a: Assumptions | None = None) -> dict[str, An
         k = len(recipes.targets(cfg, r))
         for _ in cfg.merge.methods:
             read = (k + 1) * 2 * pivot_n
-            largest = max(pivot_arch.vocab * pivot_arch.hidden, 3 * pivot_arch.hidden * pivot_arch.intermediate) \
-                if pivot_arch else pivot_n / 50
+            largest = pivot_arch.largest_tensor() if pivot_arch else pivot_n / 50
             st["merge"].add(1, cpu_h=read / 200e6 / 3600, disk=2 * pivot_n, host=(k + 2) * largest * 4 + 4 * GiB)
 
     evals = fpconfig.eval_models(cfg)

@@ -111,6 +111,12 @@ class Arch:
         logits = 0 if self.reward_labels else self.vocab * self.hidden
         return self.params(active=True) - lookup - self.head() + logits + self.hidden * self.reward_labels
 
+    def largest_tensor(self) -> int:
+        """Elements of the largest single weight: the embedding / LM head, one MLP (or expert) matrix, or the
+        attention projections (the streaming merge holds (K + 2) of these in fp32)."""
+        width = max(self.intermediate, self.moe_intermediate or 0)
+        return max(self.vocab * self.hidden, self.hidden * width, self.heads * self.dim * self.hidden)
+
     def kv_elements_per_token(self) -> int:
         if self.kv_lora_rank:
             return self.layers * (self.kv_lora_rank + self.qk_rope_dim)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fusepipe import cluster
+from fusepipe import cluster, plan
 from fusepipe import config as fpconfig
 from tests.conftest import REPO, copy_workflow, snakemake
 
@@ -25,17 +25,8 @@ TOOLS = ("sbatch", "sacct", "squeue", "sacctmgr", "sshare", "sinfo", "scontrol",
 GPU_RULES = {"generate", "reward", "logits_gt", "logits_inf", "train", "evaluate"}
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    """Snakemake's `--configfile` semantics: mappings merged key by key, everything else replaced."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def recipe_config(name: str) -> fpconfig.Config:
-    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    return fpconfig.load_dict(deep_merge(base, yaml.safe_load((REPO / "config" / "recipes" / name).read_text())))
+    return plan.load(REPO / "config" / "recipes" / name, REPO / "config" / "config.yaml")
 
 
 def dry_run_jobs(output: str) -> list[dict]:
@@ -285,7 +276,7 @@ def test_a_recipe_edit_changes_only_its_stage_params(edit, stale):
     what depends on them reruns because their inputs change, as the toy pipeline test checks end to end."""
     name = "fusechat-7b.yaml"
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    raw = deep_merge(base, yaml.safe_load((REPO / "config" / "recipes" / name).read_text()))
+    raw = plan.deep_merge(base, yaml.safe_load((REPO / "config" / "recipes" / name).read_text()))
     before = all_slices(fpconfig.load_dict(raw))
     edit(raw)
     after = all_slices(fpconfig.load_dict(raw))
