@@ -69,7 +69,7 @@ def rsaf_ratio(skew: torch.Tensor, tau: float) -> torch.Tensor:
 def rsaf(b, d, tau, ratios, rate="element", select_by="magnitude", eps=1e-8, disjoint=True):
     """RSAF with given per-target ratios K_j (checked separately against `rsaf_ratio(skewness(r))`)."""
     n = b.numel()
-    key = d.abs() if select_by == "magnitude" else rsaf_rate(b, d, rate, eps)
+    key = rsaf_rate(b, d, rate, eps) if select_by == "rate" and rate == "element" else d.abs()  # matrix: |δ|'s order
     mask = torch.stack([top_k(key[j], max(1, int(float(ratios[j]) * n))) for j in range(len(d))])
     x = d * mask
     eta = coefficients(x)

@@ -312,7 +312,7 @@ def rsaf(
     """RSAF (InfiFusion Algorithm 1), per target j: rate r_j (Eq. 8), its Fisher-Pearson skewness
     S_j = m3/m2^1.5 (Eq. 9; S_j = 0 when r_j is constant), ratio K_j = τ/(1+S_j) if S_j ≥ 0 else
     τ(1+|S_j|), capped at 1 (Eq. 10); Select (Eq. 11): δ̂_j = top max(1, ⌊K_j·d⌋) elements of δ_j by
-    |δ_j| or r_j; η_j = Σδ̂_j²/Σ_jΣδ̂_j² and Erase on δ̂ as SCE (Eq. 12); θ + Σ_j η_j e_j δ̂_j (Eq. 13),
+    |δ_j| or r_j (the same order as |δ_j| for a matrix-level rate); η_j = Σδ̂_j²/Σ_jΣδ̂_j² and Erase on δ̂ as SCE (Eq. 12); θ + Σ_j η_j e_j δ̂_j (Eq. 13),
     divided by Σ_j η_j e_j when `disjoint_mean`."""
     b, d, out = _flat(base, deltas, out)
     n, k_models = b.numel(), d.shape[0]
@@ -334,7 +334,10 @@ def rsaf(
         m3 = [a + float(x) for a, x in zip(m3, sq.mul_(c).sum(1))]
     skew = [(c3 / n) / (c2 / n) ** 1.5 if c2 > 0 else 0.0 for c2, c3 in zip(m2, m3)]
     ratio = [min(1.0, p.tau / (1 + sk) if sk >= 0 else p.tau * (1 + abs(sk))) for sk in skew]
-    key: KeyFn = rate if p.select_by == "rate" else lambda s: d[:, s].abs()
+    # Select by |δ_j| for select_by magnitude, and for a matrix-level rate too: dividing by one constant keeps
+    # the order, but fp32 rounding would merge near-ties (δ one ulp apart) depending on how the RMS was summed.
+    by_rate = p.select_by == "rate" and p.rate == "element"
+    key: KeyFn = rate if by_rate else lambda s: d[:, s].abs()
     topk = TopK.select(key, n, [max(1, int(r * n)) for r in ratio])
     eta = coefficients(_sq_sums(d, n, topk, key))
     for s, mask in topk.masks(key, n):

@@ -48,7 +48,8 @@ class RsafParams(Params):
         "whose skewness is that of |δ|.",
     )
     select_by: Literal["magnitude", "rate"] = Field(
-        default="magnitude", description="Rank elements by |δ| (TIES-style Select) or by the rate r."
+        default="magnitude",
+        description="Rank elements by |δ| (TIES-style Select) or by the rate r (rate matrix: the order of |δ|).",
     )
     eps: float = Field(default=1e-8, gt=0, description="ε in the rate's denominator.")
     disjoint_mean: bool = Field(
