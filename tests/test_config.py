@@ -50,6 +50,7 @@ def test_snakemake_validate_fills_defaults():
         (lambda c: c["reward_models"][2].update(strength=5), "strengths must be 1..3 without gaps (found [1, 2, 5])"),
         (lambda c: c["data"]["sources"][0].update(name="bad name"), "config: data.sources.0.name: String should match"),
         (lambda c: c.pop("data"), "config: data: Field required"),
+        (lambda c: c["toy"].update(workers=0), "config: toy.workers: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_config_names_key_value_and_allowed(edit, message):
@@ -82,6 +83,8 @@ def test_stage_slices_hold_only_their_keys():
     raw["data"]["max_len"] = 64
     edited = fpconfig.load_dict(raw)
     assert fpconfig.slice_json(edited, "toy_world") == before
+    raw["toy"]["workers"] = 7  # how the build spreads over CPUs: no rerun
+    assert fpconfig.slice_json(fpconfig.load_dict(raw), "toy_world") == before
     assert json.loads(fpconfig.slice_json(edited, "data"))["data"]["max_len"] == 64
     with pytest.raises(ConfigError, match="unknown stage 'nope'"):
         fpconfig.stage_slice(cfg, "nope")

@@ -64,6 +64,7 @@ def test_logits_inf_names_a_winner_without_its_response(tmp_path):
     (["logits", "--mode", "gt", "--target", "qwen-arith", "--shard", "9"],
      "shard 9 out of range: logits.shards is 2"),
     (["generate", "--config-json", "{}"], "--workdir is required together with --config-json"),
+    (["toy_world", "--cpus", "0"], "Invalid value for '--cpus': 0 is not in the range x>=1"),
 ])
 def test_cli_rejects_bad_stage_arguments(args, message):
     result = CliRunner().invoke(cli, [args[0], "--config", str(REPO / "config" / "config.yaml"), *args[1:]]

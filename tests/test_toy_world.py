@@ -4,6 +4,7 @@ determinism (same seed -> same files)."""
 import dataclasses
 import json
 import random
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -13,6 +14,8 @@ from fusepipe.chat import render
 from fusepipe.toy import world
 from fusepipe.toy.stage import _build_lm
 from fusepipe.toy.tasks import all_items
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,23 @@ def test_known_items_cover_the_strong_domain():
             assert share == 1.0 if domain == spec.strong else 0.1 < share < 0.5
     convs = world.training_conversations(world.known_items(world.MODELS[0], items, preset, 0), random.Random(0))
     assert any(len(c) > 3 for c in convs)
+
+
+def test_a_pool_worker_builds_what_the_parent_would(toy, tmp_path):
+    """The session's world was built by spawned workers (`toy.workers: 2`); rebuilding its cheapest piece, the
+    reward model rm-small, here in the test process gives the same weights byte for byte."""
+    from fusepipe.config import load
+    from fusepipe.toy.stage import _build_rm_job, _run_jobs
+
+    cfg = load(REPO / "config" / "config.yaml").toy
+    assert cfg.workers == 2  # the premise: the default config builds in parallel
+    spec = next(i for i, r in enumerate(world.REWARD_MODELS) if r.name == "rm-small")
+    tok_of = world.REWARD_MODELS[spec].tokenizer_of
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / tok_of).symlink_to(toy / "models" / tok_of)
+    params = {"preset": cfg.preset, "seed": cfg.seed, "threads": cfg.threads}
+    [(name, report, _)] = _run_jobs([(_build_rm_job, (spec, params, str(tmp_path)))], workers=1)
+    built = json.loads((toy / "_manifest.json").read_text())["reward_models"][name]
+    assert report["pair_accuracy"] == built["pair_accuracy"]
+    weights = "model.safetensors"
+    assert file_hash(tmp_path / "reward_models" / name / weights) == file_hash(toy / "reward_models" / name / weights)

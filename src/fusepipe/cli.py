@@ -91,13 +91,20 @@ def cli(debug: bool) -> None:
 @cli.command("toy_world")
 @with_config
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: WORKDIR/toy).")
-def toy_world_cmd(config_path, config_json, out):
+@click.option("--cpus", type=click.IntRange(min=1),
+              help="CPUs to use: max(1, CPUS // toy.threads) models are built side by side (default: "
+              "toy.workers of --config, else 1). The world is the same for any value.")
+def toy_world_cmd(config_path, config_json, out, cpus):
     """Build the toy world: tiny heterogeneous chat models, reward models and data."""
     from fusepipe.toy import stage
 
     params = _slice("toy_world", config_path, config_json)
     out = out or str(Path(_workdir(config_path, config_json)) / "toy")
-    result = stage.run(params, out)
+    if cpus is not None:
+        workers = max(1, cpus // int(params["toy"]["threads"]))
+    else:
+        workers = 1 if config_json else fpconfig.load(config_path or "config/config.yaml").toy.workers
+    result = stage.run(params, out, workers=workers)
     for name, rep in result["models"].items():
         log.info("%-14s %-8s accuracy %s", name, rep["arch"], rep["accuracy"])
 

@@ -11,6 +11,7 @@ Each rule family gets `threads` and a `resources` mapping the Slurm executor plu
 | merge | — | cpu_threads | (K + 2) · the largest tensor in fp32 + 4 GB (merge engine bound) |
 | align, fuse | — | cpu_threads | cpu_mem_mb + the vocabulary tables of the pair |
 | data, vote, report, … | — | cpu_threads | cpu_mem_mb |
+| toy_world | — | toy.threads · toy.workers | cpu_mem_mb |
 
 Partitions and the account come from `cluster.*` or, when unset, from `$FUSEPIPE_GPU_PARTITION`,
 `$FUSEPIPE_CPU_PARTITION`, `$FUSEPIPE_ACCOUNT`; when neither is set no flag is passed (the cluster's default
@@ -109,6 +110,8 @@ def mem_mb(cfg: Config, family: str, target: str | None) -> int:
 def threads(cfg: Config, family: str, target: str | None = None) -> int:
     if family in GPU_FAMILIES:
         return max(1, cfg.cluster.cpus_per_gpu * max(1, gpus(cfg, family, target)))
+    if family == "toy_world":
+        return cfg.toy.threads * cfg.toy.workers
     return cfg.cluster.cpu_threads
 
 

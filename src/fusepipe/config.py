@@ -165,6 +165,11 @@ class ToyConfig(Strict):
     preset: Literal["tiny", "small"] = "tiny"
     seed: int = 0
     threads: int = Field(default=1, ge=1, description="Torch threads used to train the toy models.")
+    workers: int = Field(
+        default=1, ge=1,
+        description="Toy models built side by side, one process of `threads` threads each (the job asks for "
+        "workers × threads CPUs); every model has its own seed, so the world is the same for any value.",
+    )
 
 
 class GenerateConfig(Strict):
@@ -625,8 +630,9 @@ def json_schema() -> dict[str, Any]:
 TOKENIZER_KEYS = ("name", "path", "chat_template", "trust_remote_code")
 
 
-# Keys that size cluster jobs and plans but never change an artifact: left out of the slices (no rerun).
-SIZING_KEYS = {"params_b"}
+# Keys that size cluster jobs and plans, or how a job spreads over CPUs, but never change an artifact: left out
+# of the slices (no rerun).
+SIZING_KEYS = {"params_b", "workers"}
 
 
 def _dump(model: BaseModel, keys: tuple[str, ...] | None = None) -> dict[str, Any]:

@@ -241,8 +241,7 @@ def test_every_rule_names_its_conda_env_threads_and_resources():
         rules = re.findall(r"^\s*rule (\w+):", text, re.MULTILINE)
         assert text.count("conda:") == len(rules), smk.name
         assert text.count("**fpcluster.rule_resources(CFG, ") == len(rules), smk.name
-        threads = text.count("threads: fpcluster.rule_threads(CFG, ") + text.count("threads: CFG.toy.threads")
-        assert threads == len(rules), smk.name
+        assert text.count("threads: fpcluster.rule_threads(CFG, ") == len(rules), smk.name
         for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', text):
             assert (smk.parent / env).resolve().is_file(), (smk.name, env)
 
@@ -283,6 +282,13 @@ def test_a_recipe_edit_changes_only_its_stage_params(edit, stale):
     changed = {k for k in before if before[k] != after[k]}
     expected = stale if isinstance(stale, set) else {k for k in before if k.startswith(stale)}
     assert changed == expected and expected
+
+
+def test_the_toy_build_asks_for_a_cpu_per_worker():
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["toy"].update(threads=2, workers=3)
+    cfg = fpconfig.load_dict(raw)
+    assert cluster.threads(cfg, "toy_world") == 6 == cluster.resources(cfg, "toy_world")["cpus_per_task"]
 
 
 def test_rules_run_the_snakemake_interpreter_or_the_conda_envs_python(monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ if CFG.toy.enabled:
             workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
             cfg=lambda wc: stage_params("toy_world"),
             code=stage_code("toy"),
-        threads: CFG.toy.threads
+        threads: fpcluster.rule_threads(CFG, 'toy_world')
         resources:
             **fpcluster.rule_resources(CFG, 'toy_world'),
         conda:
@@ -16,4 +16,4 @@ if CFG.toy.enabled:
         log:
             f"{W}/logs/toy_world.log",
         shell:
-            "$FUSEPIPE_PYTHON -m fusepipe toy_world --config-json {params.cfg:q} --out {params.workdir}/toy 2>&1 | tee {log}"
+            "$FUSEPIPE_PYTHON -m fusepipe toy_world --config-json {params.cfg:q} --out {params.workdir}/toy --cpus {threads} 2>&1 | tee {log}"

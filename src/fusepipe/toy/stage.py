@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ def _template_examples(spec) -> list[str]:
     return [text] * 20
 
 
-def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
+def run(params: dict[str, Any], out: str | Path, workers: int = 1) -> dict[str, Any]:
+    """Build the toy world into `out`, `workers` models at a time (the result does not depend on it)."""
     cfg = params["toy"]
     preset = world.PRESETS[cfg["preset"]]
     seed = int(cfg["seed"])
@@ -65,23 +67,20 @@ def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
         manifest["fusion_conversations"] = {k: len(v) for k, v in fusion.items()}
         manifest["benchmark_items"] = {d: sum(it.domain == d for it in bench) for d in world.DOMAINS}
 
-        tokenizers, model_report = {}, {}
-        for i, spec in enumerate(world.MODELS):
-            with manifest.phase(f"model:{spec.name}"):
-                tok, report = _build_lm(spec, items, bench, preset, seed + 101 * i, tmp / "models" / spec.name)
-            tokenizers[spec.name] = tok
-            model_report[spec.name] = report
-            log.info("%s: accuracy %s", spec.name, report["accuracy"])
+        lm_jobs = [(_build_lm_job, (i, cfg, str(tmp))) for i in range(len(world.MODELS))]
+        model_report = {}
+        for (name, report, seconds) in _run_jobs(lm_jobs, workers):
+            manifest["timings_s"][f"model:{name}"] = seconds
+            model_report[name] = report
+            log.info("%s: accuracy %s", name, report["accuracy"])
         manifest["models"] = model_report
 
+        rm_jobs = [(_build_rm_job, (i, cfg, str(tmp))) for i in range(len(world.REWARD_MODELS))]
         rm_report = {}
-        for i, rspec in enumerate(world.REWARD_MODELS):
-            with manifest.phase(f"rm:{rspec.name}"):
-                rm_report[rspec.name] = _build_rm(
-                    rspec, tokenizers[rspec.tokenizer_of], items, preset, seed + 1009 * i,
-                    tmp / "reward_models" / rspec.name,
-                )
-            log.info("%s: held-out pair accuracy %.3f", rspec.name, rm_report[rspec.name]["pair_accuracy"])
+        for (name, report, seconds) in _run_jobs(rm_jobs, workers):
+            manifest["timings_s"][f"rm:{name}"] = seconds
+            rm_report[name] = report
+            log.info("%s: held-out pair accuracy %.3f", name, report["pair_accuracy"])
         manifest["reward_models"] = rm_report
 
         for sub in ("data", "models", "reward_models"):
@@ -93,6 +92,46 @@ def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
     manifest["hashes"] = {k: file_hash(p) for k, p in world.output_paths(out).items() if k != "manifest"}
     manifest.write(out)
     return manifest.data
+
+
+def _run_jobs(jobs: list, workers: int) -> list:
+    """Run (fn, args) jobs in order, or side by side in `workers` spawned processes. Every model is built from
+    its own seed with a fixed thread count, so the results do not depend on `workers`."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(*args) for fn, args in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+        futures = [pool.submit(fn, *args) for fn, args in jobs]
+        return [f.result() for f in futures]
+
+
+def _build_lm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str, Any], float]:
+    """Model i of world.MODELS into `tmp/models/NAME` (a process-pool job): (name, report, seconds)."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(int(cfg["threads"]))
+    preset, seed = world.PRESETS[cfg["preset"]], int(cfg["seed"])
+    items = all_items(preset.sizes, seed)
+    bench = world.benchmark(items, preset, seed)
+    spec = world.MODELS[i]
+    _, report = _build_lm(spec, items, bench, preset, seed + 101 * i, Path(tmp) / "models" / spec.name)
+    return spec.name, report, round(time.perf_counter() - t0, 3)
+
+
+def _build_rm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str, Any], float]:
+    """Reward model i of world.REWARD_MODELS, on the tokenizer its toy model saved (a process-pool job)."""
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(int(cfg["threads"]))
+    preset, seed = world.PRESETS[cfg["preset"]], int(cfg["seed"])
+    items = all_items(preset.sizes, seed)
+    rspec = world.REWARD_MODELS[i]
+    tok = AutoTokenizer.from_pretrained(Path(tmp) / "models" / rspec.tokenizer_of)
+    report = _build_rm(rspec, tok, items, preset, seed + 1009 * i, Path(tmp) / "reward_models" / rspec.name)
+    return rspec.name, report, round(time.perf_counter() - t0, 3)
 
 
 def _build_lm(spec: world.ToyModel, items, bench, preset: world.Preset, seed: int, folder: Path):
