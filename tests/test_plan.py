@@ -138,3 +138,12 @@ def test_cli_table_json_and_token_override():
     assert out["data"]["sources"][0]["tokens"] == 900 and out["data"]["sources"][0]["origin"] == "--tokens"
     res = runner.invoke(cli, ["plan", "--configfile", recipe, "--base", str(BASE), "--tokens", "orca-best=many"])
     assert res.exit_code != 0 and "expected SOURCE=TOTAL" in res.output
+
+
+def test_the_small_world_config_changes_only_the_preset_and_the_workdir():
+    small = plan.load(REPO / "config" / "small.yaml", BASE)
+    tiny = plan.load(BASE)
+    assert (small.toy.preset, small.workdir) == ("small", "results-small")
+    assert small.model_dump(exclude={"toy", "workdir", "models", "reward_models", "data"}) == tiny.model_dump(
+        exclude={"toy", "workdir", "models", "reward_models", "data"})
+    assert all(m.path.startswith("results-small/toy/") for m in small.models + small.reward_models)
