@@ -1,3 +1,6 @@
+"""`python -m fusepipe STAGE …`: the command line (fusepipe.cli)."""
+
 from fusepipe.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker (the toy build's pool) imports it
+    main()
