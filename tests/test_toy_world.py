@@ -107,7 +107,7 @@ def test_a_pool_worker_builds_what_the_parent_would(toy, tmp_path):
     """The session's world was built by spawned workers (`toy.workers: 2`); rebuilding its cheapest piece, the
     reward model rm-small, here in the test process gives the same weights byte for byte."""
     from fusepipe.config import load
-    from fusepipe.toy.stage import _build_rm_job, _run_jobs
+    from fusepipe.toy.stage import _build_rm_job
 
     cfg = load(REPO / "config" / "config.yaml").toy
     assert cfg.workers == 2  # the premise: the default config builds in parallel
@@ -116,7 +116,7 @@ def test_a_pool_worker_builds_what_the_parent_would(toy, tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / tok_of).symlink_to(toy / "models" / tok_of)
     params = {"preset": cfg.preset, "seed": cfg.seed, "threads": cfg.threads}
-    [(name, report, _)] = _run_jobs([(_build_rm_job, (spec, params, str(tmp_path)))], workers=1)
+    name, report, _ = _build_rm_job(spec, params, str(tmp_path))
     built = json.loads((toy / "_manifest.json").read_text())["reward_models"][name]
     assert report["pair_accuracy"] == built["pair_accuracy"]
     weights = "model.safetensors"

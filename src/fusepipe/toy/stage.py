@@ -67,17 +67,15 @@ def run(params: dict[str, Any], out: str | Path, workers: int = 1) -> dict[str, 
         manifest["fusion_conversations"] = {k: len(v) for k, v in fusion.items()}
         manifest["benchmark_items"] = {d: sum(it.domain == d for it in bench) for d in world.DOMAINS}
 
-        lm_jobs = [(_build_lm_job, (i, cfg, str(tmp))) for i in range(len(world.MODELS))]
+        lm_results, rm_results = _build_models(cfg, str(tmp), workers)
         model_report = {}
-        for (name, report, seconds) in _run_jobs(lm_jobs, workers):
+        for name, report, seconds in lm_results:
             manifest["timings_s"][f"model:{name}"] = seconds
             model_report[name] = report
             log.info("%s: accuracy %s", name, report["accuracy"])
         manifest["models"] = model_report
-
-        rm_jobs = [(_build_rm_job, (i, cfg, str(tmp))) for i in range(len(world.REWARD_MODELS))]
         rm_report = {}
-        for (name, report, seconds) in _run_jobs(rm_jobs, workers):
+        for name, report, seconds in rm_results:
             manifest["timings_s"][f"rm:{name}"] = seconds
             rm_report[name] = report
             log.info("%s: held-out pair accuracy %.3f", name, report["pair_accuracy"])
@@ -94,18 +92,34 @@ def run(params: dict[str, Any], out: str | Path, workers: int = 1) -> dict[str, 
     return manifest.data
 
 
-def _run_jobs(jobs: list, workers: int) -> list:
-    """Run (fn, args) jobs in order, or side by side in `workers` spawned processes. Every model is built from
-    its own seed with a fixed thread count, so the results do not depend on `workers`."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [fn(*args) for fn, args in jobs]
+def _build_models(cfg: dict[str, Any], tmp: str, workers: int) -> tuple[list, list]:
+    """Every toy model, then every reward model (on its toy model's tokenizer), as (name, report, seconds) in
+    world order. With workers > 1 they run in spawned processes and a reward model starts as soon as its toy
+    model is saved. Each model has its own seed and a fixed thread count: the result does not depend on
+    `workers`."""
+    n_rm = len(world.REWARD_MODELS)
+    if workers <= 1:
+        lms = [_build_lm_job(i, cfg, tmp) for i in range(len(world.MODELS))]
+        return lms, [_build_rm_job(i, cfg, tmp) for i in range(n_rm)]
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        futures = [pool.submit(fn, *args) for fn, args in jobs]
-        return [f.result() for f in futures]
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        lm_futures = {pool.submit(_build_lm_job, i, cfg, tmp): m.name for i, m in enumerate(world.MODELS)}
+        rm_futures = {}
+        for done in as_completed(lm_futures):
+            done.result()  # a failed build stops here, not after every other model
+            for i, rm in enumerate(world.REWARD_MODELS):
+                if rm.tokenizer_of == lm_futures[done]:
+                    rm_futures[i] = pool.submit(_build_rm_job, i, cfg, tmp)
+        return [f.result() for f in lm_futures], [rm_futures[i].result() for i in range(n_rm)]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown()
 
 
 def _build_lm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str, Any], float]:
