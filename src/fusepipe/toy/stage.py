@@ -105,21 +105,19 @@ def _build_models(cfg: dict[str, Any], tmp: str, workers: int) -> tuple[list, li
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    try:
-        lm_futures = {pool.submit(_build_lm_job, i, cfg, tmp): m.name for i, m in enumerate(world.MODELS)}
-        rm_futures = {}
-        for done in as_completed(lm_futures):
-            done.result()  # a failed build stops here, not after every other model
-            for i, rm in enumerate(world.REWARD_MODELS):
-                if rm.tokenizer_of == lm_futures[done]:
-                    rm_futures[i] = pool.submit(_build_rm_job, i, cfg, tmp)
-        return [f.result() for f in lm_futures], [rm_futures[i].result() for i in range(n_rm)]
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        try:
+            lm_futures = {pool.submit(_build_lm_job, i, cfg, tmp): m.name for i, m in enumerate(world.MODELS)}
+            rm_futures = {}
+            for done in as_completed(lm_futures):
+                done.result()  # a failed build cancels every model not yet started
+                for i, rm in enumerate(world.REWARD_MODELS):
+                    if rm.tokenizer_of == lm_futures[done]:
+                        rm_futures[i] = pool.submit(_build_rm_job, i, cfg, tmp)
+            return [f.result() for f in lm_futures], [rm_futures[i].result() for i in range(n_rm)]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _build_lm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str, Any], float]:
@@ -130,7 +128,7 @@ def _build_lm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str,
     items = all_items(preset.sizes, seed)
     bench = world.benchmark(items, preset, seed)
     spec = world.MODELS[i]
-    _, report = _build_lm(spec, items, bench, preset, seed + 101 * i, Path(tmp) / "models" / spec.name)
+    report = _build_lm(spec, items, bench, preset, seed + 101 * i, Path(tmp) / "models" / spec.name)
     return spec.name, report, round(time.perf_counter() - t0, 3)
 
 
@@ -167,7 +165,7 @@ def _build_lm(spec: world.ToyModel, items, bench, preset: world.Preset, seed: in
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     n_params = sum(p.numel() for p in model.parameters())
-    return tok, {
+    return {
         "arch": spec.arch, "role": spec.role, "tokenizer": spec.tokenizer.family, "vocab": len(tok),
         "strong_domain": spec.strong, "params": n_params, "known_items": len(known),
         "train_loss": world.stats(losses), "accuracy": acc,
