@@ -84,22 +84,26 @@ def test_every_rm_scores_every_response(results, gen):
     assert rewards.group_by("rm").len()["len"].to_list() == [gen.height] * len(RMS)
 
 
-def test_vote_choices_match_a_recount_of_the_scores(results, train):
+def test_vote_choices_match_a_recount_of_the_scores(results, train, gen):
     check_schema(paths.vote_choices(results), VOTE)
     votes = pl.read_parquet(paths.vote_choices(results))
+    manifest = json.loads((results / "vote" / "_manifest.json").read_text())
     subsets = {"all", *(f"llama-pivot~{m}" for m in MODELS[1:])}
-    assert set(votes["subset"]) == subsets and votes.height == len(subsets) * train.height
+    assert set(votes["subset"]) == subsets
+    assert votes.height == len(subsets) * train.height - sum(manifest["no_response"].values())
+    empty = {(r["sample_id"], r["model"]) for r in gen.iter_rows(named=True) if not r["response"].strip()}
+    assert sum(manifest["empty_responses"].values()) == len(empty)
     rewards = pl.concat([pl.read_parquet(paths.reward_shard(results, rm, i)) for rm in RMS for i in range(SHARDS)])
     one = votes.filter(pl.col("subset") == "all").sort("sample_id").head(20)
     for row in one.iter_rows(named=True):
         r = rewards.filter(pl.col("sample_id") == row["sample_id"])
         table = np.array([[r.filter((pl.col("model") == m) & (pl.col("rm") == rm))["score"][0] for rm in RMS]
                           for m in MODELS])
-        expected = majority(table[None], strongest=0)
+        eligible = np.array([[(row["sample_id"], m) not in empty for m in MODELS]])
+        expected = majority(table[None], strongest=0, eligible=eligible)
         assert MODELS[int(expected.winner[0])] == row["winner"]
         assert bool(expected.tie_broken[0]) == row["tie_broken"]
-    manifest = json.loads((results / "vote" / "_manifest.json").read_text())
-    assert sum(manifest["wins"]["all"].values()) == train.height
+    assert sum(manifest["wins"]["all"].values()) == train.height - manifest["no_response"]["all"]
     assert manifest["rm_order"] == RMS and 0 <= manifest["rm_agreement"]["all"] <= 1
 
 

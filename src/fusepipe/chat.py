@@ -40,10 +40,15 @@ def render_text(tokenizer, messages: list[dict], name: str = "model") -> tuple[s
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
+        if not m["content"].strip():
+            raise DataError(
+                f"{name}: assistant message {i} is empty, so it has no tokens to train on; the data stage drops "
+                "empty turns and the vote never picks an empty response, so this conversation bypassed both"
+            )
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         start_hint = max(cursor, len(os.path.commonprefix([text, prefix])))
         at = text.find(m["content"], start_hint)
-        if at < 0 or not m["content"]:
+        if at < 0:
             raise DataError(
                 f"{name}: the chat template does not contain assistant message {i} verbatim, so its tokens "
                 "cannot be located; set the model's `chat_template` in the config to one that keeps the text"

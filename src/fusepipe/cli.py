@@ -167,7 +167,8 @@ def reward_cmd(config_path, config_json, workdir, target, shard):
 @cli.command("vote")
 @with_config
 @workdir_option
-@click.option("--shards", type=int, help="Reward shards to read (default: generate.shards of the config).")
+@click.option("--shards", type=int,
+              help="Reward and generation shards to read (default: generate.shards of the config).")
 def vote_cmd(config_path, config_json, workdir, shards):
     """The reward models' vote per prompt, over all generators and each (pivot, source) pair."""
     from fusepipe import paths
@@ -180,7 +181,8 @@ def vote_cmd(config_path, config_json, workdir, shards):
             raise click.UsageError("--shards is required together with --config-json")
         shards = fpconfig.load(config_path or "config/config.yaml").generate.shards
     inputs = [paths.reward_shard(workdir, r["name"], i) for r in params["reward_models"] for i in range(shards)]
-    vote_stage.run(params, inputs, paths.vote_choices(workdir))
+    gens = [paths.gen_shard(workdir, m["name"], i) for m in params["models"] for i in range(shards)]
+    vote_stage.run(params, inputs, gens, paths.vote_choices(workdir))
 
 
 @cli.command("logits")

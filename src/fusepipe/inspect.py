@@ -188,7 +188,8 @@ def inspect_vote(path: Path, sample_id: str) -> None:
     for c in row["candidates"]:
         scores = ", ".join(f"{rm} {score:+.3f}" for rm, score in _pairs(c["scores"]))
         table.add_row(c["model"] + (f"#{c['sample_index']}" if c["sample_index"] else ""),
-                      text.get((c["model"], c["sample_index"]), "?"), scores, str(c["votes"]))
+                      text.get((c["model"], c["sample_index"]), "?"), scores,
+                      "empty: no candidate" if c.get("empty") else str(c["votes"]))
     console.print(table)
     for r in votes.iter_rows(named=True):
         console.print(f"[bold]{r['subset']}[/]: winner {r['winner']}" + (" (tie broken)" if r["tie_broken"] else ""))

@@ -61,6 +61,7 @@ CANDIDATE = pa.struct(
         ("votes", pa.int32()),
         ("scores", pa.map_(pa.string(), pa.float32())),  # rm -> raw score
         ("aggregate", pa.float32()),  # zscore: mean z over RMs; majority: the strongest RM's score
+        ("empty", pa.bool_()),  # the response is only whitespace: no candidate, no votes (-inf aggregate)
     ]
 )
 

@@ -66,6 +66,17 @@ def test_a_template_that_drops_the_text_names_the_model(toy):
         "located; set the model's `chat_template` in the config to one that keeps the text")
 
 
+@pytest.mark.parametrize("content", ["", " \n"])
+def test_an_empty_assistant_message_is_named_as_empty(toy, content):
+    tok = AutoTokenizer.from_pretrained(toy / "models" / "qwen-arith")
+    conv = [*DIALOGUE[:3], {"role": "user", "content": "and now?"}, {"role": "assistant", "content": content}]
+    with pytest.raises(DataError) as err:
+        prepare(tok, conv, last_only=True, max_len=512, overlong="skip", name="qwen-arith", key="d")
+    assert str(err.value) == (
+        "qwen-arith: assistant message 4 is empty, so it has no tokens to train on; the data stage drops empty "
+        "turns and the vote never picks an empty response, so this conversation bypassed both")
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_vllm_and_hf_agree_on_the_top_k(toy, name):
     """Same top-10 ids at every target token; log-probs within 1e-4 (fp32); HF's exact entropy >= vLLM's

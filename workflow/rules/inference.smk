@@ -63,7 +63,8 @@ rule reward:
 rule vote:
     """Majority vote of the reward models per prompt (ties: the strongest RM), over all models and each pair."""
     input:
-        expand(paths.reward_shard(W, "{rm}", "{shard}"), rm=REWARD_MODELS, shard=SHARDS),
+        rewards=expand(paths.reward_shard(W, "{rm}", "{shard}"), rm=REWARD_MODELS, shard=SHARDS),
+        gen=expand(paths.gen_shard(W, "{model}", "{shard}"), model=GENERATORS, shard=SHARDS),  # empty: no candidate
     output:
         choices=paths.vote_choices(W),
         manifest=f"{W}/vote/_manifest.json",

@@ -12,6 +12,8 @@ For one prompt with candidates c = 1..C (responses of the generators) and reward
 
 Votes are taken over any subset of the candidates (all generators, FuseLLM-style; each (pivot, source) pair,
 FuseChat-style) by restricting the candidate axis first: an RM whose favourite is in the subset votes the same.
+An `eligible` mask [P, C] takes candidates out of the vote (the stage passes "the response is not empty"): an RM
+votes for its best eligible candidate, and a prompt with no eligible candidate has no winner (index -1).
 All functions are vectorised over prompts: scores are float arrays [P, C, R].
 """
 
@@ -26,7 +28,7 @@ METHODS = ("majority", "zscore")
 
 @dataclass
 class VoteResult:
-    winner: np.ndarray  # int [P]: index into the candidate axis
+    winner: np.ndarray  # int [P]: index into the candidate axis; -1: no eligible candidate
     votes: np.ndarray  # int [P, C]: RMs voting for each candidate (majority; zscore: same, for reference)
     tie_broken: np.ndarray  # bool [P]
     aggregate: np.ndarray  # float [P, C]: what decided (majority: strongest RM's score; zscore: mean z)
@@ -41,13 +43,31 @@ def rm_votes(scores: np.ndarray) -> np.ndarray:
     return votes
 
 
-def majority(scores: np.ndarray, strongest: int) -> VoteResult:
+def _masked(scores: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
+    """Scores with every ineligible candidate at -inf, so no RM picks it while an eligible one is left."""
+    if eligible is None:
+        return scores
+    return np.where(eligible[:, :, None], scores.astype(np.float64), -np.inf)
+
+
+def _no_winner(winner: np.ndarray, tie: np.ndarray, eligible: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if eligible is None:
+        return winner, tie
+    none = ~eligible.any(axis=1)
+    return np.where(none, -1, winner), tie & ~none
+
+
+def majority(scores: np.ndarray, strongest: int, eligible: np.ndarray | None = None) -> VoteResult:
     """Majority vote of the RMs; ties between the most-voted candidates go to the strongest RM's scores."""
+    scores = _masked(scores, eligible)
     votes = rm_votes(scores)
-    top = votes == votes.max(axis=1, keepdims=True)  # [P, C] candidates with the most votes
+    if eligible is not None:
+        votes = np.where(eligible, votes, 0)  # no eligible candidate: argmax picked the first, it counts nothing
+    top = (votes == votes.max(axis=1, keepdims=True)) & (eligible if eligible is not None else True)
     tie = top.sum(axis=1) > 1
     by_strongest = np.where(top, scores[:, :, strongest], -np.inf)
     winner = np.argmax(by_strongest, axis=1)
+    winner, tie = _no_winner(winner, tie, eligible)
     return VoteResult(winner, votes, tie, scores[:, :, strongest].astype(np.float64))
 
 
@@ -58,24 +78,29 @@ def zscore_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat.mean(axis=0), np.where(std > 0, std, 1.0)
 
 
-def zscore(scores: np.ndarray, strongest: int, stats: tuple[np.ndarray, np.ndarray] | None = None) -> VoteResult:
+def zscore(scores: np.ndarray, strongest: int, stats: tuple[np.ndarray, np.ndarray] | None = None,
+           eligible: np.ndarray | None = None) -> VoteResult:
     """Highest mean over RMs of dataset-standardised scores; an exact tie goes to the strongest RM's score.
 
     `stats` (from `zscore_stats` over all candidates) keeps the standardisation the same for every subset."""
     mean, std = stats if stats is not None else zscore_stats(scores)
     z = ((scores.astype(np.float64) - mean) / std).mean(axis=2)  # [P, C]
-    top = z == z.max(axis=1, keepdims=True)
+    if eligible is not None:
+        z = np.where(eligible, z, -np.inf)
+    top = (z == z.max(axis=1, keepdims=True)) & (eligible if eligible is not None else True)
     tie = top.sum(axis=1) > 1
     winner = np.argmax(np.where(top, scores[:, :, strongest], -np.inf), axis=1)
-    return VoteResult(winner, rm_votes(scores), tie, z)
+    winner, tie = _no_winner(winner, tie, eligible)
+    votes = rm_votes(_masked(scores, eligible))
+    return VoteResult(winner, np.where(eligible, votes, 0) if eligible is not None else votes, tie, z)
 
 
 def vote(scores: np.ndarray, strongest: int, method: str = "majority",
-         stats: tuple[np.ndarray, np.ndarray] | None = None) -> VoteResult:
+         stats: tuple[np.ndarray, np.ndarray] | None = None, eligible: np.ndarray | None = None) -> VoteResult:
     if method == "majority":
-        return majority(scores, strongest)
+        return majority(scores, strongest, eligible)
     if method == "zscore":
-        return zscore(scores, strongest, stats)
+        return zscore(scores, strongest, stats, eligible)
     raise ValueError(f"unknown vote method {method!r}; methods: {', '.join(METHODS)}")
 
 

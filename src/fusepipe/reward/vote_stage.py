@@ -1,9 +1,13 @@
 """`vote` stage: per prompt, the reward models pick one candidate response, over all generators and over
 each (pivot, source) pair (the vote rules are in `vote.py`).
 
-Writes `vote/choices.parquet` (schema `VOTE`: one row per prompt and subset, with every candidate's votes and
-scores) and a manifest with how often each model wins, per subset, how often a tie-break decided, and how often
-the RMs agree.
+An empty response (only whitespace: a generator that stopped at once) is no candidate: no RM votes for it and it
+cannot win, however the RMs score it (the data stage drops empty turns from the ground truth by the same rule,
+and an empty target teaches nothing). A prompt whose candidates in a subset are all empty gets no row there.
+
+Writes `vote/choices.parquet` (schema `VOTE`: one row per prompt and subset, with every candidate's votes, scores
+and emptiness) and a manifest with how often each model wins, per subset, how often a tie-break decided, how
+often the RMs agree, and how many responses of each model were empty.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pyarrow as pa
 from fusepipe.artifacts import Manifest, write_parquet
 from fusepipe.errors import ArtifactError
 from fusepipe.reward.vote import agreement, vote, zscore_stats
-from fusepipe.schemas import REWARD, VOTE, check_schema
+from fusepipe.schemas import GENERATION, REWARD, VOTE, check_schema
 
 log = logging.getLogger("fusepipe.vote")
 
@@ -51,6 +55,30 @@ def score_tensor(reward_paths: list[str | Path], models: list[str], rms: list[st
     return sample_ids, scores
 
 
+def empty_responses(gen_paths: list[str | Path], models: list[str], n: int, sample_ids: list[str]) -> np.ndarray:
+    """empty[p, c]: candidate c's response to prompt p is only whitespace (candidates ordered as in `score_tensor`).
+
+    A scored response missing from the generations is an error: the reward shards and the generations disagree."""
+    cand = {(m, j): k for k, (m, j) in enumerate((m, j) for m in models for j in range(n))}
+    pos = {s: i for i, s in enumerate(sample_ids)}
+    empty = np.zeros((len(sample_ids), len(cand)), dtype=bool)
+    seen = np.zeros_like(empty)
+    for p in gen_paths:
+        check_schema(p, GENERATION)
+        df = pl.read_parquet(p, columns=["sample_id", "model", "sample_index", "response"])
+        for sid, model, j, response in df.iter_rows():
+            if (model, j) in cand and sid in pos:
+                seen[pos[sid], cand[(model, j)]] = True
+                empty[pos[sid], cand[(model, j)]] = not response.strip()
+    holes = np.argwhere(~seen)
+    if len(holes):
+        p, c = holes[0]
+        model, j = list(cand)[c]
+        raise ArtifactError(f"vote: {model!r} response {j} of sample {sample_ids[p]} has reward scores but is not in "
+                            f"gen/{model} ({len(holes)} missing in all); rerun generate and reward for {model!r}")
+    return empty
+
+
 def subsets(models: list[dict[str, str]]) -> dict[str, list[str]]:
     """'all' (every generator) and, FuseChat-style, one '{pivot}~{source}' pair per source."""
     names = [m["name"] for m in models]
@@ -63,26 +91,32 @@ def subsets(models: list[dict[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def run(params: dict[str, Any], reward_paths: list[str | Path], out: str | Path) -> dict[str, Any]:
+def run(params: dict[str, Any], reward_paths: list[str | Path], gen_paths: list[str | Path], out: str | Path
+        ) -> dict[str, Any]:
     method, n = params["vote"]["method"], params["n"]
     models = [m["name"] for m in params["models"]]
     rms = [r["name"] for r in sorted(params["reward_models"], key=lambda r: r["strength"])]  # strongest first
     out = Path(out)
-    manifest = Manifest("vote", params, inputs={str(p): str(p) for p in reward_paths})
+    manifest = Manifest("vote", params, inputs={str(p): str(p) for p in [*reward_paths, *gen_paths]})
     with manifest.phase("read"):
         sample_ids, scores = score_tensor(reward_paths, models, rms, n)
+        empty = empty_responses(gen_paths, models, n, sample_ids)
     cand_models = [m for m in models for _ in range(n)]
     cand_index = [j for _ in models for j in range(n)]
     stats = zscore_stats(scores)
     rows: list[dict[str, Any]] = []
     wins: dict[str, dict[str, int]] = {}
     ties: dict[str, int] = {}
+    unanswered: dict[str, int] = {}
     with manifest.phase("vote"):
         for subset, members in subsets(params["models"]).items():
             cols = [k for k, m in enumerate(cand_models) if m in members]
-            result = vote(scores[:, cols, :], strongest=0, method=method, stats=stats)
+            result = vote(scores[:, cols, :], strongest=0, method=method, stats=stats, eligible=~empty[:, cols])
             counts = {m: 0 for m in members}
+            unanswered[subset] = int((result.winner < 0).sum())
             for p, sid in enumerate(sample_ids):
+                if result.winner[p] < 0:
+                    continue
                 w = cols[result.winner[p]]
                 counts[cand_models[w]] += 1
                 rows.append({
@@ -95,6 +129,7 @@ def run(params: dict[str, Any], reward_paths: list[str | Path], out: str | Path)
                         "model": cand_models[k], "sample_index": cand_index[k], "votes": int(result.votes[p, i]),
                         "scores": [(rm, float(scores[p, k, r])) for r, rm in enumerate(rms)],
                         "aggregate": float(result.aggregate[p, i]),
+                        "empty": bool(empty[p, k]),
                     } for i, k in enumerate(cols)],
                 })
             wins[subset] = counts
@@ -107,10 +142,18 @@ def run(params: dict[str, Any], reward_paths: list[str | Path], out: str | Path)
     manifest["wins"] = wins
     manifest["win_rate"] = {s: {m: round(c / max(len(sample_ids), 1), 4) for m, c in w.items()} for s, w in wins.items()}
     manifest["tie_broken"] = ties
+    manifest["empty_responses"] = {m: int(empty[:, [k for k, c in enumerate(cand_models) if c == m]].sum())
+                                   for m in models}
+    manifest["no_response"] = unanswered  # prompts left out of a subset: every candidate there was empty
     manifest["rm_agreement"] = {
         ("all" if k == "all" else "~".join(rms[int(i)] for i in k.split("~"))): round(v, 4) for k, v in agree.items()
     }
     manifest.write(out.parent, {"choices": out})
     for subset, w in wins.items():
         log.info("vote %-28s wins %s (tie-broken %d)", subset, w, ties[subset])
+    if empty.any():
+        log.warning("vote: %d empty responses took no part (%s); %s", int(empty.sum()),
+                    ", ".join(f"{m} {c}" for m, c in manifest["empty_responses"].items() if c),
+                    ", ".join(f"{s}: {c} prompts without a candidate" for s, c in unanswered.items() if c)
+                    or "every prompt kept a candidate")
     return manifest.data
