@@ -153,6 +153,6 @@ def test_the_small_world_config_changes_the_preset_the_workdir_and_the_epochs_on
         return {**d, "train": {k: v for k, v in d["train"].items() if k not in ("epochs_scale", "save_every")}}
 
     assert [without_epochs(r) for r in small.recipes] == [without_epochs(r) for r in tiny.recipes]
-    assert [r.train.epochs_scale / t.train.epochs_scale for r, t in zip(small.recipes, tiny.recipes)] == [5, 5, 5]
+    assert [r.train.epochs_scale / t.train.epochs_scale for r, t in zip(small.recipes, tiny.recipes)] == [10, 10, 10]
     assert small.ablations.train.epochs_scale == small.recipe("profuser").train.epochs_scale  # the schedule grid
     assert small.ablations.model_dump(exclude={"train"}) == tiny.ablations.model_dump(exclude={"train"})
