@@ -78,15 +78,20 @@ def test_models_are_heterogeneous_hf_folders(toy, manifest):
         assert model.config.num_labels == 1 and model.config.pad_token_id is not None
 
 
-def test_same_seed_same_files(tmp_path):
+@pytest.mark.parametrize("spec", world.MODELS, ids=lambda m: m.name)
+def test_same_seed_same_files(tmp_path, spec):
+    """Every toy LM, its tokenizer included (the Unigram trainer alone is not deterministic: its scores are
+    re-estimated), is byte for byte the same when built twice."""
     preset = dataclasses.replace(world.PRESETS["tiny"], lm_steps=3)
     items = all_items(preset.sizes, 0)
     bench = world.benchmark(items, preset, 0)[:6]
-    spec = world.MODELS[1]
     for run in ("a", "b"):
         _build_lm(spec, items, bench, preset, 7, tmp_path / run)
         world.write_fusion_files(world.fusion_data(items, preset, 0), tmp_path / run / "data")
     assert file_hash(tmp_path / "a") == file_hash(tmp_path / "b")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "a")
+    text = "What is 12 + 7? The capital of Miloovia is Teka, 'lamp' backwards is 'pmal'."
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     other = world.fusion_data(all_items(preset.sizes, 1), preset, 1)
     assert other != world.fusion_data(items, preset, 0)
 

@@ -10,6 +10,7 @@ They are saved as ordinary Hugging Face tokenizers (`tokenizer.json` + `tokenize
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -108,16 +109,76 @@ def _bytelevel_bpe(spec: TokenizerSpec, corpus: list[str]) -> Tokenizer:
 
 
 def _unigram(spec: TokenizerSpec, corpus: list[str]) -> Tokenizer:
+    """The trainer picks the pieces; their scores are then re-estimated deterministically (`_unigram_scores`).
+
+    The `tokenizers` Unigram trainer returns the same pieces run to run, but scores that differ by up to ~1.6e-3
+    and so a different id order (not a thread setting: likely hash-map order), which made the toy LM on this
+    tokenizer differ between any two builds of the world."""
+    specials = _specials(spec)
+    normalizer = normalizers.NFKC()
+    pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre
     trainer = trainers.UnigramTrainer(
-        vocab_size=spec.vocab_size, special_tokens=_specials(spec), unk_token=spec.unk, show_progress=False,
+        vocab_size=spec.vocab_size, special_tokens=specials, unk_token=spec.unk, show_progress=False,
         initial_alphabet=sorted({ch for line in corpus for ch in line}),
     )
     tok.train_from_iterator(corpus, trainer)
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-    return tok
+    pieces = sorted(p for p in tok.get_vocab() if p not in specials)
+    words: dict[str, int] = {}
+    for line in corpus:
+        for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(line)):
+            words[w] = words.get(w, 0) + 1
+    scores = _unigram_scores(pieces, words)
+    vocab = [(t, 0.0) for t in specials] + sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = Tokenizer(models.Unigram(vocab, unk_id=specials.index(spec.unk) if spec.unk else None))
+    out.normalizer, out.pre_tokenizer = normalizer, pre
+    out.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    return out
+
+
+def _unigram_scores(pieces: list[str], words: dict[str, int], rounds: int = 3) -> dict[str, float]:
+    """Unigram log-probabilities of `pieces` by hard EM over the word counts, in a fixed order (deterministic).
+
+    Start: log of each piece's substring count in the corpus (SentencePiece's seed); then, `rounds` times,
+    segment every word by Viterbi under the current scores and set log p(piece) = log((uses + 0.5) / total)."""
+    longest = max(map(len, pieces))
+    counts = dict.fromkeys(pieces, 0)
+    for w, c in sorted(words.items()):
+        for i in range(len(w)):
+            for j in range(i + 1, min(len(w), i + longest) + 1):
+                if w[i:j] in counts:
+                    counts[w[i:j]] += c
+    for _ in range(rounds + 1):
+        total = sum(counts.values()) + 0.5 * len(counts)
+        scores = {p: math.log((counts[p] + 0.5) / total) for p in pieces}
+        counts = dict.fromkeys(pieces, 0)
+        for w, c in sorted(words.items()):
+            for p in _viterbi(w, scores, longest):
+                counts[p] += c
+    return scores
+
+
+def _viterbi(word: str, scores: dict[str, float], longest: int) -> list[str]:
+    """The highest-scoring segmentation of `word` into known pieces (characters outside them are skipped)."""
+    best = [0.0] + [-math.inf] * len(word)
+    back = [0] * (len(word) + 1)
+    for j in range(1, len(word) + 1):
+        for i in range(max(0, j - longest), j):
+            s = scores.get(word[i:j])
+            if s is not None and best[i] + s > best[j]:
+                best[j], back[j] = best[i] + s, i
+        if best[j] == -math.inf:  # an unknown character: step over it
+            best[j], back[j] = best[j - 1], -(j - 1) - 1
+    out, j = [], len(word)
+    while j > 0:
+        i = back[j]
+        if i < 0:
+            j = -i - 1
+            continue
+        out.append(word[i:j])
+        j = i
+    return out[::-1]
 
 
 _BUILDERS = {"metaspace_bpe": _metaspace_bpe, "bytelevel_bpe": _bytelevel_bpe, "unigram": _unigram}
