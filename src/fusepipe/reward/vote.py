@@ -43,32 +43,32 @@ def rm_votes(scores: np.ndarray) -> np.ndarray:
     return votes
 
 
-def _masked(scores: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
-    """Scores with every ineligible candidate at -inf, so no RM picks it while an eligible one is left."""
-    if eligible is None:
-        return scores
-    return np.where(eligible[:, :, None], scores.astype(np.float64), -np.inf)
+def _all_eligible(scores: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
+    return np.ones(scores.shape[:2], dtype=bool) if eligible is None else eligible
 
 
-def _no_winner(winner: np.ndarray, tie: np.ndarray, eligible: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    if eligible is None:
-        return winner, tie
+def _masked_votes(scores: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores with every ineligible candidate at -inf (no RM picks it while an eligible one is left), and the
+    RMs' votes over them; a prompt with no eligible candidate gets no votes."""
+    masked = np.where(eligible[:, :, None], scores.astype(np.float64), -np.inf)
+    return masked, np.where(eligible, rm_votes(masked), 0)
+
+
+def _no_winner(winner: np.ndarray, tie: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Winner -1 and no tie-break where no candidate is eligible."""
     none = ~eligible.any(axis=1)
     return np.where(none, -1, winner), tie & ~none
 
 
 def majority(scores: np.ndarray, strongest: int, eligible: np.ndarray | None = None) -> VoteResult:
     """Majority vote of the RMs; ties between the most-voted candidates go to the strongest RM's scores."""
-    scores = _masked(scores, eligible)
-    votes = rm_votes(scores)
-    if eligible is not None:
-        votes = np.where(eligible, votes, 0)  # no eligible candidate: argmax picked the first, it counts nothing
-    top = (votes == votes.max(axis=1, keepdims=True)) & (eligible if eligible is not None else True)
+    eligible = _all_eligible(scores, eligible)
+    scores, votes = _masked_votes(scores, eligible)
+    top = votes == votes.max(axis=1, keepdims=True)  # [P, C] candidates with the most votes
     tie = top.sum(axis=1) > 1
-    by_strongest = np.where(top, scores[:, :, strongest], -np.inf)
-    winner = np.argmax(by_strongest, axis=1)
+    winner = np.argmax(np.where(top, scores[:, :, strongest], -np.inf), axis=1)
     winner, tie = _no_winner(winner, tie, eligible)
-    return VoteResult(winner, votes, tie, scores[:, :, strongest].astype(np.float64))
+    return VoteResult(winner, votes, tie, scores[:, :, strongest])
 
 
 def zscore_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,16 +83,14 @@ def zscore(scores: np.ndarray, strongest: int, stats: tuple[np.ndarray, np.ndarr
     """Highest mean over RMs of dataset-standardised scores; an exact tie goes to the strongest RM's score.
 
     `stats` (from `zscore_stats` over all candidates) keeps the standardisation the same for every subset."""
+    eligible = _all_eligible(scores, eligible)
     mean, std = stats if stats is not None else zscore_stats(scores)
-    z = ((scores.astype(np.float64) - mean) / std).mean(axis=2)  # [P, C]
-    if eligible is not None:
-        z = np.where(eligible, z, -np.inf)
-    top = (z == z.max(axis=1, keepdims=True)) & (eligible if eligible is not None else True)
+    z = np.where(eligible, ((scores.astype(np.float64) - mean) / std).mean(axis=2), -np.inf)  # [P, C]
+    top = z == z.max(axis=1, keepdims=True)
     tie = top.sum(axis=1) > 1
     winner = np.argmax(np.where(top, scores[:, :, strongest], -np.inf), axis=1)
     winner, tie = _no_winner(winner, tie, eligible)
-    votes = rm_votes(_masked(scores, eligible))
-    return VoteResult(winner, np.where(eligible, votes, 0) if eligible is not None else votes, tie, z)
+    return VoteResult(winner, _masked_votes(scores, eligible)[1], tie, z)
 
 
 def vote(scores: np.ndarray, strongest: int, method: str = "majority",

@@ -32,15 +32,20 @@ def candidate_name(model: str, index: int, n: int) -> str:
     return model if n == 1 else f"{model}#{index}"
 
 
+def candidates(models: list[str], n: int) -> dict[tuple[str, int], int]:
+    """(model, sample index) -> position on the candidate axis: model in `models` order, then sample index."""
+    return {(m, j): k for k, (m, j) in enumerate((m, j) for m in models for j in range(n))}
+
+
 def score_tensor(reward_paths: list[str | Path], models: list[str], rms: list[str], n: int
                  ) -> tuple[list[str], np.ndarray]:
-    """Sample ids and scores [P, C, R], candidates ordered (model in `models` order, then sample index)."""
+    """Sample ids and scores [P, C, R], candidates ordered as in `candidates`."""
     for p in reward_paths:
         check_schema(p, REWARD)
     df = pl.concat([pl.read_parquet(p) for p in reward_paths]) if reward_paths else pl.DataFrame(schema=REWARD.names)
     sample_ids = sorted(set(df["sample_id"].to_list()))
     pos = {s: i for i, s in enumerate(sample_ids)}
-    cand = {(m, j): k for k, (m, j) in enumerate((m, j) for m in models for j in range(n))}
+    cand = candidates(models, n)
     rm_pos = {r: i for i, r in enumerate(rms)}
     scores = np.full((len(sample_ids), len(cand), len(rms)), np.nan)
     for sid, model, j, rm, score in df.select("sample_id", "model", "sample_index", "rm", "score").iter_rows():
@@ -56,10 +61,10 @@ def score_tensor(reward_paths: list[str | Path], models: list[str], rms: list[st
 
 
 def empty_responses(gen_paths: list[str | Path], models: list[str], n: int, sample_ids: list[str]) -> np.ndarray:
-    """empty[p, c]: candidate c's response to prompt p is only whitespace (candidates ordered as in `score_tensor`).
+    """empty[p, c]: candidate c's response to prompt p is only whitespace (candidates ordered as in `candidates`).
 
     A scored response missing from the generations is an error: the reward shards and the generations disagree."""
-    cand = {(m, j): k for k, (m, j) in enumerate((m, j) for m in models for j in range(n))}
+    cand = candidates(models, n)
     pos = {s: i for i, s in enumerate(sample_ids)}
     empty = np.zeros((len(sample_ids), len(cand)), dtype=bool)
     seen = np.zeros_like(empty)
@@ -142,8 +147,8 @@ def run(params: dict[str, Any], reward_paths: list[str | Path], gen_paths: list[
     manifest["wins"] = wins
     manifest["win_rate"] = {s: {m: round(c / max(len(sample_ids), 1), 4) for m, c in w.items()} for s, w in wins.items()}
     manifest["tie_broken"] = ties
-    manifest["empty_responses"] = {m: int(empty[:, [k for k, c in enumerate(cand_models) if c == m]].sum())
-                                   for m in models}
+    per_model = empty.reshape(len(sample_ids), len(models), n).sum(axis=(0, 2))  # candidates are model-major
+    manifest["empty_responses"] = {m: int(c) for m, c in zip(models, per_model, strict=True)}
     manifest["no_response"] = unanswered  # prompts left out of a subset: every candidate there was empty
     manifest["rm_agreement"] = {
         ("all" if k == "all" else "~".join(rms[int(i)] for i in k.split("~"))): round(v, 4) for k, v in agree.items()

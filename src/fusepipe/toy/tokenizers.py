@@ -11,6 +11,7 @@ They are saved as ordinary Hugging Face tokenizers (`tokenizer.json` + `tokenize
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -125,10 +126,7 @@ def _unigram(spec: TokenizerSpec, corpus: list[str]) -> Tokenizer:
     )
     tok.train_from_iterator(corpus, trainer)
     pieces = sorted(p for p in tok.get_vocab() if p not in specials)
-    words: dict[str, int] = {}
-    for line in corpus:
-        for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(line)):
-            words[w] = words.get(w, 0) + 1
+    words = Counter(w for line in corpus for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(line)))
     scores = _unigram_scores(pieces, words)
     vocab = [(t, 0.0) for t in specials] + sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
     out = Tokenizer(models.Unigram(vocab, unk_id=specials.index(spec.unk) if spec.unk else None))
@@ -137,7 +135,7 @@ def _unigram(spec: TokenizerSpec, corpus: list[str]) -> Tokenizer:
     return out
 
 
-def _unigram_scores(pieces: list[str], words: dict[str, int], rounds: int = 3) -> dict[str, float]:
+def _unigram_scores(pieces: list[str], words: Counter[str], rounds: int = 3) -> dict[str, float]:
     """Unigram log-probabilities of `pieces` by hard EM over the word counts, in a fixed order (deterministic).
 
     Start: log of each piece's substring count in the corpus (SentencePiece's seed); then, `rounds` times,
@@ -149,35 +147,38 @@ def _unigram_scores(pieces: list[str], words: dict[str, int], rounds: int = 3) -
             for j in range(i + 1, min(len(w), i + longest) + 1):
                 if w[i:j] in counts:
                     counts[w[i:j]] += c
-    for _ in range(rounds + 1):
-        total = sum(counts.values()) + 0.5 * len(counts)
-        scores = {p: math.log((counts[p] + 0.5) / total) for p in pieces}
+    scores = _log_probs(counts)
+    for _ in range(rounds):
         counts = dict.fromkeys(pieces, 0)
         for w, c in sorted(words.items()):
             for p in _viterbi(w, scores, longest):
-                counts[p] += c
+                if p in counts:
+                    counts[p] += c
+        scores = _log_probs(counts)
     return scores
 
 
+def _log_probs(counts: dict[str, int]) -> dict[str, float]:
+    total = sum(counts.values()) + 0.5 * len(counts)
+    return {p: math.log((c + 0.5) / total) for p, c in counts.items()}
+
+
+_UNKNOWN = -1e9  # the score of a character no piece covers: its own segment, only when nothing else fits
+
+
 def _viterbi(word: str, scores: dict[str, float], longest: int) -> list[str]:
-    """The highest-scoring segmentation of `word` into known pieces (characters outside them are skipped)."""
+    """The highest-scoring segmentation of `word` into pieces (an unknown character is a segment of its own)."""
     best = [0.0] + [-math.inf] * len(word)
     back = [0] * (len(word) + 1)
     for j in range(1, len(word) + 1):
         for i in range(max(0, j - longest), j):
-            s = scores.get(word[i:j])
+            s = scores.get(word[i:j], _UNKNOWN if j - i == 1 else None)
             if s is not None and best[i] + s > best[j]:
                 best[j], back[j] = best[i] + s, i
-        if best[j] == -math.inf:  # an unknown character: step over it
-            best[j], back[j] = best[j - 1], -(j - 1) - 1
     out, j = [], len(word)
     while j > 0:
-        i = back[j]
-        if i < 0:
-            j = -i - 1
-            continue
-        out.append(word[i:j])
-        j = i
+        out.append(word[back[j]:j])
+        j = back[j]
     return out[::-1]
 
 
