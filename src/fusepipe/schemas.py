@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -130,6 +131,18 @@ def logits_schema(k: int = LOGITS_K) -> pa.Schema:
 
 
 LOGITS = logits_schema(LOGITS_K)
+
+
+# The entropy of `entropy_kind: topk_tail` rows: the vLLM engine computes it, readers of a logits shard derive the
+# rows stored as nulls with it. Part of the shard format, so it lives here (every stage's code version covers it).
+def topk_tail_entropy(top_logprobs: np.ndarray) -> np.ndarray:
+    """H over the top-k plus one bucket holding the rest of the mass, [T, k] -> [T] float32:
+    H = -Σ_topk p log p - p_tail log p_tail, p_tail = max(0, 1 - Σ_topk p) (a lower bound of the full entropy)."""
+    lp = np.asarray(top_logprobs, np.float64)
+    p = np.exp(lp)
+    tail = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
+    tail_term = np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
+    return (-(p * lp).sum(axis=1) - tail_term).astype(np.float32)
 
 
 # aligned: one row per (pivot sample, mode) of a (pivot, source) pair: the source's top-k re-expressed at every

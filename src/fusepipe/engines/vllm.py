@@ -41,7 +41,7 @@ from fusepipe.engines.base import (
     resolve_dtype,
 )
 from fusepipe.engines.render import Renderer, check_scores, row_keys
-from fusepipe.logits.store import topk_tail_entropy
+from fusepipe.schemas import topk_tail_entropy
 
 CPU_KV_CACHE_BYTES = 128 * 2**20
 DEFAULT_BATCH = 512

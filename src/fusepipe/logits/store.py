@@ -35,7 +35,14 @@ import pyarrow.parquet as pq
 
 from fusepipe.artifacts import atomic_path
 from fusepipe.errors import ArtifactError
-from fusepipe.schemas import LOGITS_CODE, LOGITS_K, LOGITS_SCALE, check_schema, logits_schema
+from fusepipe.schemas import (
+    LOGITS_CODE,
+    LOGITS_K,
+    LOGITS_SCALE,
+    check_schema,
+    logits_schema,
+    topk_tail_entropy,
+)
 
 SCALE = LOGITS_SCALE  # codes per nat
 MAX_CODE = int(np.iinfo(np.uint16).max)
@@ -173,16 +180,6 @@ class Stored:
     entropy_code: np.ndarray  # [N] uint16
     n_clamped: int
     entropy_null: np.ndarray | None = None  # [N] bool: derived from the stored top-k (topk_tail samples)
-
-
-def topk_tail_entropy(top_logprobs: np.ndarray) -> np.ndarray:
-    """H over the top-k plus one bucket holding the rest of the mass, [T, k] -> [T] float32:
-    H = -Σ_topk p log p - p_tail log p_tail, p_tail = max(0, 1 - Σ_topk p) (a lower bound of the full entropy)."""
-    lp = np.asarray(top_logprobs, np.float64)
-    p = np.exp(lp)
-    tail = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
-    tail_term = np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
-    return (-(p * lp).sum(axis=1) - tail_term).astype(np.float32)
 
 
 def first_true(mask: np.ndarray) -> np.ndarray:
