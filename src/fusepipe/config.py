@@ -14,18 +14,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from fusepipe.errors import ConfigError
-from fusepipe.merge.params import MergeConfig
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class Strict(BaseModel):
-    """Base: unknown keys are errors (a typo must not be silently ignored)."""
-
-    model_config = ConfigDict(extra="forbid")
+from fusepipe.params import NAME_PATTERN, Strict, check_unique
+from fusepipe.params.align import AlignConfig
+from fusepipe.params.data import DataConfig
+from fusepipe.params.evaluate import EvaluateConfig
+from fusepipe.params.fuse import FusionConfig
+from fusepipe.params.generate import GenerateConfig
+from fusepipe.params.logits import LogitsConfig
+from fusepipe.params.merge import MergeStageConfig
+from fusepipe.params.reward import RewardConfig, VoteConfig
+from fusepipe.params.toy import ToyConfig
+from fusepipe.params.train import PhaseConfig, TrainConfig
 
 
 class ModelSpec(Strict):
@@ -75,242 +77,6 @@ class RewardModelSpec(Strict):
     params_b: float | None = Field(default=None, gt=0, description="Parameters in billions (see models).")
 
 
-class DataFilters(Strict):
-    min_turns: int = Field(default=1, ge=1, description="Minimum number of assistant turns.")
-    max_turns: int | None = Field(default=None, ge=1, description="Maximum number of assistant turns.")
-    min_response_chars: int = Field(default=1, ge=0, description="Drop conversations whose final answer is shorter.")
-
-
-COLUMN_KEYS = {
-    "prompt": "the user turn",
-    "response": "the assistant turn",
-    "system": "a system prompt (optional; empty: none)",
-    "input": "text appended to the prompt after a blank line (optional; Alpaca's `input`)",
-    "text": "a whole dialogue in one text: ChatML `<|im_start|>user ...` or `### Human: ... ### Assistant: ...`",
-}
-
-
-def check_columns(columns: dict[str, str | None]) -> None:
-    """`format: columns` mapping: {prompt, response, system?, input?} (single turn) or {text} (a dialogue)."""
-    unknown = sorted(set(columns) - set(COLUMN_KEYS))
-    if unknown:
-        raise ValueError(f"columns: unknown key(s) {', '.join(unknown)}; keys: {', '.join(COLUMN_KEYS)}")
-    if columns.get("text") and any(columns.get(k) for k in ("prompt", "response", "input")):
-        raise ValueError("columns: give either text or prompt + response, not both")
-    if not columns.get("text"):
-        missing = [k for k in ("prompt", "response") if not columns.get(k)]
-        if missing:
-            raise ValueError(f"columns: {' and '.join(missing)} missing; give prompt + response "
-                             "(e.g. {prompt: query, response: response}) or text")
-
-
-class DataSource(Strict):
-    """One dataset of the training mixture."""
-
-    name: str = Field(pattern=NAME_PATTERN)
-    path: str = Field(description="JSONL/JSON/Parquet file, a local dataset folder, or a hub id.")
-    loader: Literal["auto", "jsonl", "json", "parquet", "hf"] = Field(
-        default="auto", description="auto: from the file extension; folders and hub ids use `datasets`."
-    )
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "orca", "columns"] = Field(
-        default="auto", description="columns: read the columns named under `columns`."
-    )
-    columns: dict[str, str | None] | None = Field(
-        default=None, description="format: columns: which column holds what, keys "
-        + "; ".join(f"{k}: {v}" for k, v in COLUMN_KEYS.items()) + "."
-    )
-    split: str = Field(default="train", description="Split name for `datasets.load_dataset`.")
-    data_files: str | list[str] | None = Field(
-        default=None, description="`datasets.load_dataset(data_files=...)`: which files of a hub dataset to read."
-    )
-    n_samples: int | None = Field(default=None, ge=1, description="Sample this many (seeded), None = all.")
-    filters: DataFilters = DataFilters()
-
-    @model_validator(mode="after")
-    def _columns_with_format(self) -> DataSource:
-        if self.format == "columns" and self.columns is None:
-            raise ValueError(f"data source {self.name!r}: format: columns needs a `columns:` mapping, e.g. "
-                             "{prompt: query, response: response}")
-        if self.columns is not None and self.format != "columns":
-            raise ValueError(f"data source {self.name!r}: `columns:` is only read with format: columns "
-                             f"(format is {self.format!r})")
-        if self.columns is not None:
-            try:
-                check_columns(self.columns)
-            except ValueError as err:
-                raise ValueError(f"data source {self.name!r}: {err}") from None
-        return self
-
-
-class DataConfig(Strict):
-    sources: list[DataSource] = Field(min_length=1)
-    max_len: int = Field(
-        default=2048, ge=16, description="Split dialogues into blocks of at most this many pivot tokens."
-    )
-    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
-    seed: int = 0
-    dedupe: bool = True
-    on_bad_row: Literal["error", "skip"] = "error"
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> DataConfig:
-        _check_unique([s.name for s in self.sources], "data.sources")
-        return self
-
-
-class ToyConfig(Strict):
-    """The embedded default: a local miniature of the papers' setting, built from a seed."""
-
-    enabled: bool = False
-    preset: Literal["tiny", "small"] = "tiny"
-    seed: int = 0
-    threads: int = Field(default=1, ge=1, description="Torch threads used to train the toy models.")
-    workers: int = Field(
-        default=1, ge=1,
-        description="Toy models built side by side, one process of `threads` threads each (the job asks for "
-        "workers × threads CPUs); every model has its own seed, so the world is the same for any value.",
-    )
-
-
-class GenerateConfig(Strict):
-    """Inference mode (ProFuser): sample responses from every model of the fusion.
-
-    ProFuser samples one hypothesis per model and reports top-p 0.95, top-k 10, temperature 2 "for both training
-    and inference phases"; temperature 2 with top-k 10 reads like the distillation setting, so sampling and
-    distillation are separate keys here (distillation settings belong to the fusion stages).
-    """
-
-    n: int = Field(default=1, ge=1, description="Responses per prompt and model (ProFuser: 1).")
-    seed: int = Field(default=0, description="Base seed; each response's seed hashes (seed, sample_id, model, index).")
-    temperature: float = Field(default=1.0, ge=0, description="0 = greedy.")
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0, description="0 = no top-k filter.")
-    max_tokens: int = Field(default=512, ge=1)
-    shards: int = Field(default=1, ge=1, description="Shards of the prompts; one job per (model, shard).")
-    batch_size: int = Field(default=512, ge=1, description="Requests per engine call.")
-    models: list[str] | None = Field(default=None, description="Models that generate; None = all `models`.")
-
-
-class RewardConfig(Strict):
-    batch_size: int = Field(default=256, ge=1, description="Conversations per engine call.")
-
-
-class VoteConfig(Strict):
-    """How reward models pick a response per prompt (ProFuser: majority vote, strongest RM breaks ties)."""
-
-    method: Literal["majority", "zscore"] = Field(
-        default="majority",
-        description="majority: each RM votes for its best candidate, ties to the strongest RM's pick; "
-        "zscore: the highest mean over RMs of the per-RM z-scored score.",
-    )
-
-
-class LogitsConfig(Strict):
-    """Teacher-forced top-k log-probs (FuseChat / ProFuser distributions), stored compactly (docs/logits.md)."""
-
-    k: int = Field(default=10, ge=1, le=64, description="Top-k ids and log-probs kept per target token.")
-    modes: list[Literal["gt", "inf"]] = Field(
-        default=["gt", "inf"],
-        description="gt: every model on the ground truth (all assistant turns); inf: each voted response "
-        "through the model that generated it (needs reward_models).",
-    )
-    shards: int = Field(default=1, ge=1, description="Shards per (mode, model); one job each.")
-    overlong: Literal["truncate", "skip"] = Field(
-        default="truncate",
-        description="A conversation longer than the model's max_model_len: truncate keeps the whole target "
-        "messages that fit (never part of one), skip drops it; both are counted in the manifest.",
-    )
-    batch_size: int = Field(default=256, ge=1, description="Sequences per engine call.")
-
-
-class AlignConfig(Strict):
-    """Token alignment of every source onto the pivot (FuseChat §2.3, Appendix B.1; docs/align.md)."""
-
-    method: Literal["faithful", "band", "offsets"] = Field(
-        default="faithful",
-        description="faithful: the reference's DTW over edit distances; band: the same inside a Sakoe-Chiba "
-        "band around the character-offset diagonal; offsets: link tokens whose character spans overlap.",
-    )
-    band: int = Field(default=32, ge=0, description="Band radius in pivot tokens (method band).")
-    vocab: Literal["ms", "ms_reference", "mined", "em"] = Field(
-        default="ms",
-        description="Vocabulary map source id -> pivot id: ms (paper: most frequent link), ms_reference (the "
-        "public code's ED·sigmoid(count) rule), mined (minimum edit distance), em (exact match).",
-    )
-    n_to_one: Literal["weighted", "last"] = Field(
-        default="weighted",
-        description="Many-to-one links: weighted (paper: average by mapping frequency) or last (public code).",
-    )
-    k: int | None = Field(
-        default=None, ge=1, le=64, description="Pivot ids kept per position after projection (None: logits.k)."
-    )
-
-
-class FusionConfig(Strict):
-    """How a recipe builds its targets from the aligned distributions (fusepipe.fuse; docs/train.md)."""
-
-    function: Literal["mince", "udf", "naive"] = Field(
-        default="mince",
-        description="Training mode (gt): mince (lowest CE on the ground truth wins; FuseChat/ProFuser), udf "
-        "(uncertainty-weighted mixture; InfiFusion Eq. 4-5), naive (every distribution its own target).",
-    )
-    ce_norm: Literal["token", "byte"] = Field(
-        default="token",
-        description="MinCE: CE per token (papers) or per UTF-8 byte (fair across tokenizers).",
-    )
-    udf_granularity: Literal["token", "sequence"] = "token"
-    udf_epsilon: float = Field(default=1e-6, gt=0)
-    udf_include_pivot: bool = Field(
-        default=False, description="UDF: mix the pivot's own distribution too (Eq. 4 sums the sources only)."
-    )
-    vote: Literal["pair", "all"] = Field(
-        default="pair",
-        description="Inference mode: the winner of the vote within the (pivot, source) pair, or over all.",
-    )
-
-
-class PhaseConfig(Strict):
-    """One phase of a schedule: its data (modes), epochs and loss weights.
-
-    L = Σ_mode w_mode · (sft_weight · L_SFT + fusion_weight · L_fusion), token mean (ProFuser Eq. 4-5)."""
-
-    name: str = "train"
-    modes: list[Literal["gt", "inf"]] = Field(default=["gt"], min_length=1)
-    epochs: float = Field(default=1.0, gt=0)
-    sft_weight: float = Field(default=1.0, ge=0)
-    fusion_weight: float = Field(default=0.0, ge=0)
-    mode_weights: dict[str, float] = Field(default_factory=dict, description="w per mode (default 1).")
-    order: Literal["shuffle", "length"] = Field(
-        default="shuffle", description="length: short to long ground truth (ProFuser's GTLen curriculum)."
-    )
-
-
-class TrainConfig(Strict):
-    """DeepSpeed ZeRO fine-tuning of the pivot (fusepipe.train)."""
-
-    lr: float = Field(default=5e-6, gt=0)
-    global_batch: int = Field(default=128, ge=1, description="Sequences per optimizer step (all ranks).")
-    micro_batch: int = Field(default=4, ge=1, description="Sequences per forward pass and rank.")
-    max_len: int = Field(default=2048, ge=16)
-    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: float = Field(default=1.0, ge=0)
-    zero_stage: Literal[2, 3] = 2
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="auto: bfloat16 on GPUs, float32 on CPUs."
-    )
-    gradient_checkpointing: bool = True
-    loss: Literal["ce", "kl", "reverse_kl", "jsd"] = "ce"
-    temperature: float = Field(default=1.0, gt=0, description="Distillation temperature on the teacher top-k.")
-    save_every: int = Field(default=200, ge=1, description="Checkpoint every N optimizer steps.")
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after N steps (smoke tests).")
-    epochs_scale: float = Field(default=1.0, gt=0, description="Multiplies every phase's epochs (short runs).")
-    keep_checkpoints: bool = Field(default=False, description="Keep checkpoints/ after the model is written.")
-    seed: int = 0
-    gpus: int = Field(default=1, ge=1, description="Processes (GPUs) per node of a training job on a cluster.")
-    nodes: int = Field(default=1, ge=1, description="Nodes of a training job (> 1: one torchrun per node, srun).")
-
-
 RECIPE_KINDS = ("fusechat", "profuser", "infifusion_pairwise", "infifusion_unified", "sft")
 SCHEDULES = ("fusechat", "profuser", "csft", "fuse", "simulfuse", "reversefuse", "gtlen", "infifusion", "sft")
 
@@ -333,15 +99,6 @@ class RecipeConfig(Strict):
         description="Vocabulary map of the aligned distributions this recipe fuses; None: align.vocab. Another map "
         "aligns the pairs again under align/{pivot}~{source}/vocab-{map}/ (the token links are shared).",
     )
-
-
-class MergeStageConfig(MergeConfig):
-    """Merging each pairwise recipe's targets (`merge/{recipe}/{method}/model/`; docs/merge.md)."""
-
-    methods: list[Literal["sce", "rsaf", "task_arithmetic", "ties", "dare", "linear", "slerp"]] = Field(
-        default=["sce"], description="Methods to merge with, one model each (FuseChat: sce; InfiFusion: rsaf)."
-    )
-    recipes: list[str] | None = Field(default=None, description="Recipes to merge; None = every pairwise one.")
 
 
 # ------------------------------------------------------------------------------------- ablations (issue 8)
@@ -428,33 +185,6 @@ class AblationsConfig(Strict):
     structure: StructureGrid = StructureGrid()
 
 
-class SuiteConfig(Strict):
-    """An evaluation suite (overrides the preset of the same name; docs/evaluate.md)."""
-
-    kind: Literal["lm_eval", "toy", "rm"] | None = None
-    tasks: list[str] | None = Field(default=None, description="lm-eval tasks as 'name' or 'name:num_fewshot'.")
-    limit: float | None = Field(default=None, gt=0, description="lm-eval: examples per task (or a fraction).")
-    batch_size: int | None = Field(default=None, ge=1)
-    apply_chat_template: bool | None = None
-    max_prompts: int | None = Field(default=None, ge=1, description="rm: held-out prompts judged.")
-    max_tokens: int | None = Field(default=None, ge=1, description="rm: tokens per greedy response.")
-
-
-class EvaluateConfig(Strict):
-    """Which suites every model of the run is evaluated on (fusepipe.evaluate)."""
-
-    run: list[str] | None = Field(
-        default=None,
-        description="Suites per model: presets open_llm, infifusion, fusechat (lm-eval), toy (local task), rm "
-        "(reward-model judge), or names defined under `suites`. None: toy (if the toy world is on) and rm (if "
-        "there are reward models).",
-    )
-    suites: dict[str, SuiteConfig] = Field(default_factory=dict)
-    engine: Literal["auto", "vllm", "hf"] | None = Field(
-        default=None, description="Engine for the rm suite's generation and scoring; None: each model's own."
-    )
-
-
 class ClusterConfig(Strict):
     """Slurm resources of the rules (`snakemake --profile slurm`; fusepipe.cluster, docs/cluster.md).
 
@@ -502,8 +232,8 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _roles(self) -> Config:
-        _check_unique([m.name for m in self.models], "models")
-        _check_unique([m.name for m in self.reward_models], "reward_models")
+        check_unique([m.name for m in self.models], "models")
+        check_unique([m.name for m in self.reward_models], "reward_models")
         pivots = [m.name for m in self.models if m.role == "pivot"]
         if len(pivots) != 1:
             raise ValueError(f"exactly one model must have role: pivot (found {len(pivots)}: {pivots})")
@@ -569,12 +299,6 @@ class Config(Strict):
 
     def reward_model(self, name: str) -> RewardModelSpec:
         return next(r for r in self.reward_models if r.name == name)
-
-
-def _check_unique(names: list[str], where: str) -> None:
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"{where}: names must be unique (duplicated: {', '.join(dupes)})")
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -30,6 +30,7 @@ import yaml
 from fusepipe import config as fpconfig
 from fusepipe import recipes, sizes
 from fusepipe.errors import ConfigError, DataError
+from fusepipe.params.data import DataSource
 
 GiB = 2**30
 
@@ -159,7 +160,7 @@ def model_size(cfg: fpconfig.Config, spec: Any) -> tuple[int, int, sizes.Arch | 
     return n, sizes.compute_params(spec) or n, sizes.arch(spec)
 
 
-def _local_measure(src: fpconfig.DataSource) -> tuple[int, tuple[int, int]] | None:
+def _local_measure(src: DataSource) -> tuple[int, tuple[int, int]] | None:
     """(rows, (tokens, response tokens) per sample) of a local file, from up to 200 rows at 4 chars per token."""
     from fusepipe.data.ingest import detect_format, iter_rows, to_messages
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusepipe.config import SCHEDULES, Config, PhaseConfig, RecipeConfig
+from fusepipe.config import SCHEDULES, Config, RecipeConfig
 from fusepipe.errors import ConfigError
+from fusepipe.params.train import PhaseConfig
 
 
 def _phase(name, modes, epochs, sft, fusion, weights=None, order="shuffle") -> PhaseConfig:

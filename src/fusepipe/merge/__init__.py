@@ -1,7 +1,7 @@
 """The `merge` stage: model-merging methods (SCE, RSAF, task arithmetic, TIES, DARE, linear, SLERP), the
 streaming safetensors engine and the mergekit export. See docs/merge.md.
 
-The settings (`fusepipe.merge.params`) import without torch; the engine and methods load on first use."""
+The settings (`fusepipe.params.merge`) import without torch; the engine and methods load on first use."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["METHODS", "MergeConfig", "MergeError", "Merged", "merge"]
 
 def __getattr__(name: str) -> Any:
     if name in ("MergeConfig", "MergeError"):
-        from fusepipe.merge import params
+        from fusepipe.params import merge as params
 
         return getattr(params, name)
     if name in ("METHODS", "Merged"):

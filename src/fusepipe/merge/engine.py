@@ -30,7 +30,7 @@ import torch
 
 from fusepipe.artifacts import atomic_path
 from fusepipe.merge.methods import Method, Params, blocks, get_method, validate
-from fusepipe.merge.params import MergeConfig, MergeError, load_config  # noqa: F401  (re-exported)
+from fusepipe.params.merge import MergeConfig, MergeError, load_config  # noqa: F401  (re-exported)
 from fusepipe.progress import track
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fusepipe.merge.params import (  # noqa: F401  (re-exported: the parameter models live with the config)
+from fusepipe.params.merge import (  # noqa: F401  (re-exported: the parameter models live with the config)
     WEIGHTS_DOC,
     DareParams,
     LinearParams,

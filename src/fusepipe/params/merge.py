@@ -1,5 +1,5 @@
-"""Merge settings as pydantic models, without torch: the per-method parameters and `MergeConfig`, read by the
-pipeline config (`merge:`), the engine and the mergekit export."""
+"""Merge settings as pydantic models, without torch: the per-method parameters, `MergeConfig` (read by the engine
+and the mergekit export) and `MergeStageConfig` (the pipeline config's `merge:`)."""
 
 from __future__ import annotations
 
@@ -141,6 +141,15 @@ class MergeConfig(BaseModel):
 
     def method_params(self) -> Params:
         return getattr(self, self.method)
+
+
+class MergeStageConfig(MergeConfig):
+    """Merging each pairwise recipe's targets (`merge/{recipe}/{method}/model/`; docs/merge.md)."""
+
+    methods: list[Literal["sce", "rsaf", "task_arithmetic", "ties", "dare", "linear", "slerp"]] = Field(
+        default=["sce"], description="Methods to merge with, one model each (FuseChat: sce; InfiFusion: rsaf)."
+    )
+    recipes: list[str] | None = Field(default=None, description="Recipes to merge; None = every pairwise one.")
 
 
 def load_config(params: dict[str, Any] | MergeConfig) -> MergeConfig:
