@@ -11,11 +11,11 @@ configfile: "config/config.yaml"
 
 
 from fusepipe import cluster as fpcluster
-from fusepipe import config as fpconfig
+from fusepipe import pipeline as fppipeline
 from fusepipe.errors import ConfigError
 
 try:  # typed validation first: one line per problem, naming the key path, the value and what is allowed
-    CFG = fpconfig.load_dict(config, "config")
+    CFG = fppipeline.load_dict(config, "config")
 except ConfigError as err:
     sys.exit(f"error: {err}")
 validate(config, "config/schema.yaml")  # the same schema as JSON schema: fills defaults into `config`

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from fusepipe import config as fpconfig
 from fusepipe import paths
+from fusepipe import pipeline as fppipeline
 from fusepipe.align import stage
 from fusepipe.logits.stage import voted
 from fusepipe.logits.store import decoded_row_groups
@@ -101,13 +101,13 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.pipeline).resolve()
     raw = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    cfg = fpconfig.load_dict({**raw, "workdir": str(root / raw.get("workdir", "results"))})
+    cfg = fppipeline.load_dict({**raw, "workdir": str(root / raw.get("workdir", "results"))})
     results = Path(cfg.workdir)
     print(f"toy world at {results}; pivot {cfg.pivot.name}; modes {cfg.logits.modes}; shards {cfg.logits.shards}")
     head = (f"{'variant':32} {'core-s':>7} {'×paper':>7} {'same links':>10} {'valid':>6} {'mass kept':>9} "
             f"{'1-1/1-n/n-1':>15} {'q(token)':>8} {'hit@1':>6}")
     for source in [m.name for m in cfg.sources]:
-        base_params = fpconfig.stage_slice(cfg, "align", source)
+        base_params = fppipeline.stage_slice(cfg, "align", source)
         print(f"\n{cfg.pivot.name} ~ {source}: p own (source's mean probability of its own inf tokens) "
               f"{own_probability(results, source, cfg.logits.shards):.3f}")
         print(head)

@@ -61,12 +61,12 @@ def toy(pipeline) -> Path:
 def load_pipeline_config(root: Path, workdir: Path | None = None, edit=None):
     """The config of a workflow copy, its workdir made absolute (tests run from other folders); `edit(raw)` may
     change the raw mapping before it is validated."""
-    from fusepipe import config as fpconfig
+    from fusepipe import pipeline as fppipeline
 
     raw = yaml.safe_load((root / "config" / "config.yaml").read_text())
     if edit is not None:
         edit(raw)
-    return fpconfig.load_dict({**raw, "workdir": str(workdir or root / "results")})
+    return fppipeline.load_dict({**raw, "workdir": str(workdir or root / "results")})
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from conftest import REPO, copy_workflow, snakemake
 
 from fusepipe import ablations, paths
 from fusepipe import config as fpconfig
+from fusepipe import pipeline as fppipeline
 from fusepipe.errors import ConfigError
 from fusepipe.fuse import stage as fuse_stage
 from fusepipe.report import ablations as report_ablations
@@ -26,7 +27,7 @@ def load(edit=None) -> fpconfig.Config:
     raw = raw_default()
     if edit is not None:
         edit(raw)
-    return fpconfig.load_dict(raw)
+    return fppipeline.load_dict(raw)
 
 
 def test_toy_grids_expand_into_variants_reusing_configured_runs():
@@ -62,34 +63,34 @@ def test_toy_grids_expand_into_variants_reusing_configured_runs():
     assert generated["abl-schedule-csft"].train == cfg.ablations.train
     # Nothing generated enters `all`: the config's recipes, merges and evaluation ids are unchanged.
     assert [r.name for r in cfg.recipes] == ["fusechat", "sft", "profuser"]
-    assert fpconfig.merge_pairs(cfg) == [("fusechat", "sce"), ("fusechat", "rsaf")]
-    assert not [m for m in fpconfig.eval_models(cfg) if "abl-" in m or m.endswith((".ties", ".dare"))]
-    assert set(fpconfig.eval_models(cfg, ablations=True)) == set(fpconfig.eval_models(cfg)) | set(plan.eval_models)
-    assert ("abl-structure-pairwise", "rsaf") in fpconfig.merge_pairs(cfg, ablations=True)
+    assert fppipeline.merge_pairs(cfg) == [("fusechat", "sce"), ("fusechat", "rsaf")]
+    assert not [m for m in fppipeline.eval_models(cfg) if "abl-" in m or m.endswith((".ties", ".dare"))]
+    assert set(fppipeline.eval_models(cfg, ablations=True)) == set(fppipeline.eval_models(cfg)) | set(plan.eval_models)
+    assert ("abl-structure-pairwise", "rsaf") in fppipeline.merge_pairs(cfg, ablations=True)
 
 
 def test_ablation_slices_and_vocab_variant_paths():
     cfg = load()
     # `all`'s slices carry nothing new (so a built pipeline does not rerun).
-    assert "align_variant" not in fpconfig.stage_slice(cfg, "fuse", "fusechat/qwen-arith")
-    assert fpconfig.align_slice(cfg, "qwen-arith") == fpconfig.stage_slice(cfg, "align", "qwen-arith")
-    assert fpconfig.align_slice(cfg, "qwen-arith", "ms") == fpconfig.stage_slice(cfg, "align", "qwen-arith")
-    variant = fpconfig.align_slice(cfg, "qwen-arith", "mined")
+    assert "align_variant" not in fppipeline.stage_slice(cfg, "fuse", "fusechat/qwen-arith")
+    assert fppipeline.align_slice(cfg, "qwen-arith") == fppipeline.stage_slice(cfg, "align", "qwen-arith")
+    assert fppipeline.align_slice(cfg, "qwen-arith", "ms") == fppipeline.stage_slice(cfg, "align", "qwen-arith")
+    variant = fppipeline.align_slice(cfg, "qwen-arith", "mined")
     assert variant["variant"] == "vocab-mined" and variant["align"]["vocab"] == "mined"
-    fuse = fpconfig.stage_slice(cfg, "fuse", "abl-vocab-mined/qwen-arith")
+    fuse = fppipeline.stage_slice(cfg, "fuse", "abl-vocab-mined/qwen-arith")
     assert fuse["align_variant"] == "vocab-mined"
     files = fuse_stage.inputs(fuse, "W", 1)
     assert files["gt"][1] == "W/align/llama-pivot~qwen-arith/vocab-mined/gt/shard-00001.parquet"
     assert paths.align_coverage("W", "p", "s", "vocab-em") == "W/align/p~s/vocab-em/coverage.json"
     # Ablation merges and models have slices; the merge grid merges fusechat's targets with ties.
-    merge = fpconfig.stage_slice(cfg, "merge", "fusechat/ties")
+    merge = fppipeline.stage_slice(cfg, "merge", "fusechat/ties")
     assert merge["merge"]["method"] == "ties" and merge["targets"] == ["qwen-arith", "mistral-facts", "gpt2-strings"]
-    ev = fpconfig.stage_slice(cfg, "evaluate", "train.abl-schedule-gtlen.all/toy")
+    ev = fppipeline.stage_slice(cfg, "evaluate", "train.abl-schedule-gtlen.all/toy")
     assert ev["about"]["recipe"] == "abl-schedule-gtlen"
-    train = fpconfig.stage_slice(cfg, "train", "abl-schedule-gtlen/all")
+    train = fppipeline.stage_slice(cfg, "train", "abl-schedule-gtlen/all")
     assert train["recipe"]["schedule_name"] == "gtlen" and train["recipe"]["schedule"][0]["order"] == "length"
     with pytest.raises(ConfigError, match="no merge 'sft/ties'"):
-        fpconfig.stage_slice(cfg, "merge", "sft/ties")
+        fppipeline.stage_slice(cfg, "merge", "sft/ties")
 
 
 def test_no_grids_by_default():
@@ -97,7 +98,7 @@ def test_no_grids_by_default():
         del raw["ablations"]
 
     cfg = load(edit)
-    assert cfg.ablations.grids == [] and cfg.extra_recipes == []
+    assert cfg.ablations.grids == [] and ablations.extra_recipes(cfg) == []
     plan = ablations.plan(cfg)
     assert plan.grids == {} and plan.recipes == [] and plan.eval_models == {}
 

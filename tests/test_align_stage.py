@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from fusepipe import config as fpconfig
 from fusepipe import paths
+from fusepipe import pipeline as fppipeline
 from fusepipe.align import stage
 from fusepipe.align.stage import read_aligned
 from fusepipe.artifacts import shard_manifest
@@ -86,7 +86,7 @@ def test_coverage_reports_the_pair(results, source):
 
 def test_inf_rows_are_the_voted_responses_in_pivot_tokens(results, cfg):
     source = "qwen-arith"
-    params = fpconfig.stage_slice(cfg, "align", source)
+    params = fppipeline.stage_slice(cfg, "align", source)
     tok = load_tokenizer(params["pivot"])
     for shard in range(SHARDS):
         convs = dict(voted(paths.data(results), paths.vote_choices(results),
@@ -102,7 +102,7 @@ def test_inf_rows_are_the_voted_responses_in_pivot_tokens(results, cfg):
 def test_same_tokenizer_copies_through(results, cfg, tmp_path):
     """A source with the pivot's tokenizer: one-to-one links without DTW, the identity map, and the pivot's
     own top-k back unchanged."""
-    params = fpconfig.stage_slice(cfg, "align", "qwen-arith")
+    params = fppipeline.stage_slice(cfg, "align", "qwen-arith")
     params["source"] = {**params["pivot"], "name": "pivot-twin"}
     params["modes"] = ["gt"]
     logits = paths.logits_shard(results, "gt", PIVOT, 0)
@@ -129,7 +129,7 @@ def test_inspect_shows_an_aligned_sample(results):
 
 
 def test_project_names_a_missing_links_file(results, cfg, tmp_path):
-    params = fpconfig.stage_slice(cfg, "align", "qwen-arith")
+    params = fppipeline.stage_slice(cfg, "align", "qwen-arith")
     missing = tmp_path / "links-00000.npz"
     with pytest.raises(ArtifactError) as err:
         stage.run_project(params, "gt", 0, missing, paths.logits_shard(results, "gt", "qwen-arith", 0),
@@ -139,7 +139,7 @@ def test_project_names_a_missing_links_file(results, cfg, tmp_path):
 
 def test_project_refuses_links_of_other_samples(results, cfg):
     """Links built on shard 0 projected with the source's shard 1: the samples differ, rerun links."""
-    params = fpconfig.stage_slice(cfg, "align", "qwen-arith")
+    params = fppipeline.stage_slice(cfg, "align", "qwen-arith")
     links = paths.align_links(results, PIVOT, "qwen-arith", "gt", 0)
     other = paths.logits_shard(results, "gt", "qwen-arith", 1)
     with pytest.raises(ArtifactError) as err:
@@ -150,7 +150,7 @@ def test_project_refuses_links_of_other_samples(results, cfg):
 
 
 def test_a_mode_the_pair_does_not_align_is_refused(results, cfg):
-    params = {**fpconfig.stage_slice(cfg, "align", "qwen-arith"), "modes": ["gt"]}
+    params = {**fppipeline.stage_slice(cfg, "align", "qwen-arith"), "modes": ["gt"]}
     with pytest.raises(ArtifactError) as err:
         stage.run(params, results, "links", mode="inf")
     assert str(err.value) == ("llama-pivot~qwen-arith: mode 'inf' is not aligned for this pair (aligned: gt); "

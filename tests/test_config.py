@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fusepipe import config as fpconfig
+from fusepipe import pipeline as fppipeline
 from fusepipe.cli import schema_yaml
 from fusepipe.errors import ConfigError
 
@@ -17,7 +17,7 @@ def raw_default() -> dict:
 
 
 def test_default_config_is_valid_and_expands_workdir():
-    cfg = fpconfig.load(DEFAULT)
+    cfg = fppipeline.load(DEFAULT)
     assert cfg.toy.enabled and cfg.pivot.name == "llama-pivot"
     assert [m.name for m in cfg.sources] == ["qwen-arith", "mistral-facts", "gpt2-strings"]
     assert cfg.pivot.path == "results/toy/models/llama-pivot"
@@ -57,63 +57,63 @@ def test_bad_config_names_key_value_and_allowed(edit, message):
     raw = raw_default()
     edit(raw)
     with pytest.raises(ConfigError) as err:
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
-        fpconfig.load(tmp_path / "nope.yaml")
+        fppipeline.load(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        fpconfig.load(bad)
+        fppipeline.load(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="the config must be a mapping of keys, got list"):
-        fpconfig.load(bad)
+        fppipeline.load(bad)
 
 
 def test_stage_slices_hold_only_their_keys():
-    cfg = fpconfig.load(DEFAULT)
-    assert set(fpconfig.stage_slice(cfg, "data")) == {"data", "pivot"}
-    assert set(fpconfig.stage_slice(cfg, "toy_world")) == {"toy"}
-    before = fpconfig.slice_json(cfg, "toy_world")
+    cfg = fppipeline.load(DEFAULT)
+    assert set(fppipeline.stage_slice(cfg, "data")) == {"data", "pivot"}
+    assert set(fppipeline.stage_slice(cfg, "toy_world")) == {"toy"}
+    before = fppipeline.slice_json(cfg, "toy_world")
     raw = raw_default()
     raw["data"]["max_len"] = 64
-    edited = fpconfig.load_dict(raw)
-    assert fpconfig.slice_json(edited, "toy_world") == before
+    edited = fppipeline.load_dict(raw)
+    assert fppipeline.slice_json(edited, "toy_world") == before
     raw["toy"]["workers"] = 7  # how the build spreads over CPUs: no rerun
-    assert fpconfig.slice_json(fpconfig.load_dict(raw), "toy_world") == before
-    assert json.loads(fpconfig.slice_json(edited, "data"))["data"]["max_len"] == 64
+    assert fppipeline.slice_json(fppipeline.load_dict(raw), "toy_world") == before
+    assert json.loads(fppipeline.slice_json(edited, "data"))["data"]["max_len"] == 64
     with pytest.raises(ConfigError, match="unknown stage 'nope'"):
-        fpconfig.stage_slice(cfg, "nope")
+        fppipeline.stage_slice(cfg, "nope")
 
 
 def test_per_model_slices_hold_only_that_model():
-    cfg = fpconfig.load(DEFAULT)
-    gen = fpconfig.stage_slice(cfg, "generate", "qwen-arith")
+    cfg = fppipeline.load(DEFAULT)
+    gen = fppipeline.stage_slice(cfg, "generate", "qwen-arith")
     assert set(gen) == {"generate", "model"} and gen["model"]["name"] == "qwen-arith"
-    assert fpconfig.stage_slice(cfg, "reward", "rm-small")["reward_model"]["strength"] == 3
+    assert fppipeline.stage_slice(cfg, "reward", "rm-small")["reward_model"]["strength"] == 3
     raw = raw_default()
     raw["models"][1]["max_model_len"] = 256  # qwen-arith only
     raw["generate"]["shards"] = 2
-    edited = fpconfig.load_dict(raw)
-    assert fpconfig.slice_json(edited, "generate", "gpt2-strings") == fpconfig.slice_json(cfg, "generate", "gpt2-strings")
-    assert fpconfig.slice_json(edited, "generate", "qwen-arith") != fpconfig.slice_json(cfg, "generate", "qwen-arith")
-    assert fpconfig.slice_json(edited, "vote") == fpconfig.slice_json(cfg, "vote")
+    edited = fppipeline.load_dict(raw)
+    assert fppipeline.slice_json(edited, "generate", "gpt2-strings") == fppipeline.slice_json(cfg, "generate", "gpt2-strings")
+    assert fppipeline.slice_json(edited, "generate", "qwen-arith") != fppipeline.slice_json(cfg, "generate", "qwen-arith")
+    assert fppipeline.slice_json(edited, "vote") == fppipeline.slice_json(cfg, "vote")
     raw["models"][0]["engine"] = "hf"  # the pivot's engine is not the data stage's business
-    assert fpconfig.slice_json(fpconfig.load_dict(raw), "data") == fpconfig.slice_json(cfg, "data")
+    assert fppipeline.slice_json(fppipeline.load_dict(raw), "data") == fppipeline.slice_json(cfg, "data")
     with pytest.raises(ConfigError, match=r"stage 'generate' needs --target, one of llama-pivot, qwen-arith, "
                                           r"mistral-facts, gpt2-strings \(got 'nope'\)"):
-        fpconfig.stage_slice(cfg, "generate", "nope")
+        fppipeline.stage_slice(cfg, "generate", "nope")
 
 
 def test_generate_models_must_exist():
     raw = raw_default()
     raw["generate"]["models"] = ["qwen-arith", "gpt5"]
     with pytest.raises(ConfigError) as err:
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == ("config: (top level): generate.models: unknown model(s) gpt5; models are "
                               "llama-pivot, qwen-arith, mistral-facts, gpt2-strings")
 
@@ -122,42 +122,42 @@ def test_inference_logits_need_reward_models():
     raw = raw_default()
     raw["reward_models"] = []
     with pytest.raises(ConfigError) as err:
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == ("config: (top level): logits.modes: 'inf' needs reward_models (the vote picks the "
                               "responses); add reward models or set logits.modes: [gt]")
     raw["logits"]["modes"] = ["gt"]
     with pytest.raises(ConfigError) as err:  # the rm suite is judged by the reward models
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == "evaluate.run: suite 'rm' is judged by reward models but reward_models is empty"
     raw["evaluate"]["run"] = ["toy"]
     with pytest.raises(ConfigError) as err:  # and the profuser recipe trains on voted responses
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == ("recipe 'profuser': its schedule trains on mode(s) inf but logits.modes is ['gt']; "
                               "add them there or pick another schedule")
     raw["recipes"] = [r for r in raw["recipes"] if r["kind"] != "profuser"]
     with pytest.raises(ConfigError) as err:  # so does the schedule ablation grid's profuser value
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == ("ablations.schedule: value 'profuser' trains on mode 'inf' but logits.modes is "
                               "['gt']; add it there or drop the value")
     raw["ablations"]["grids"].remove("schedule")
-    assert fpconfig.load_dict(raw).logits.modes == ["gt"]
+    assert fppipeline.load_dict(raw).logits.modes == ["gt"]
 
 
 def test_evaluation_suites_are_checked():
     raw = raw_default()
     raw["evaluate"]["run"] = ["toy", "mmlu-ish"]
     with pytest.raises(ConfigError) as err:
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == ("evaluate.run: unknown suite 'mmlu-ish'; presets: open_llm, infifusion, fusechat, toy, "
                               "rm, or define it under evaluate.suites")
     raw["evaluate"]["suites"] = {"mine": {"kind": "lm_eval"}}
     raw["evaluate"]["run"] = ["mine"]
     with pytest.raises(ConfigError) as err:
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == "evaluate.suites.mine: an lm_eval suite needs tasks"
     raw["evaluate"]["suites"]["mine"]["tasks"] = ["gsm8k:5"]
-    cfg = fpconfig.load_dict(raw)
-    suite = fpconfig.stage_slice(cfg, "evaluate", "llama-pivot/mine")["suite"]
+    cfg = fppipeline.load_dict(raw)
+    suite = fppipeline.stage_slice(cfg, "evaluate", "llama-pivot/mine")["suite"]
     assert suite["tasks"] == ["gsm8k:5"] and suite["kind"] == "lm_eval"
 
 
@@ -165,10 +165,10 @@ def test_recipe_and_merge_names_are_checked():
     raw = raw_default()
     raw["recipes"].append(dict(raw["recipes"][0]))
     with pytest.raises(ConfigError) as err:
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == "recipes: names must be unique (duplicated: fusechat)"
     raw["recipes"].pop()
     raw["merge"]["recipes"] = ["nope"]
     with pytest.raises(ConfigError) as err:
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == "merge.recipes: no recipe named nope (recipes: fusechat, sft, profuser)"

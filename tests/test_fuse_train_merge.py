@@ -17,8 +17,8 @@ import yaml
 from conftest import load_pipeline_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fusepipe import config as fpconfig
 from fusepipe import paths
+from fusepipe import pipeline as fppipeline
 from fusepipe.artifacts import shard_manifest
 from fusepipe.engines import Request, Sampling, open_engine
 from fusepipe.fuse.stage import read_targets
@@ -161,6 +161,6 @@ def test_train_says_which_targets_are_missing(pipeline, tmp_path):
     from fusepipe.train import stage
 
     with pytest.raises(Exception) as err:
-        stage.run(fpconfig.stage_slice(cfg, "train", "fusechat/qwen-arith"), tmp_path)
+        stage.run(fppipeline.stage_slice(cfg, "train", "fusechat/qwen-arith"), tmp_path)
     assert str(err.value) == (f"{paths.targets_shard(tmp_path, 'fusechat', 'qwen-arith', 0)}: missing; run the fuse "
                               "stage for this recipe target first")

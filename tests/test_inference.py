@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fusepipe import config as fpconfig
 from fusepipe import paths
+from fusepipe import pipeline as fppipeline
 from fusepipe.artifacts import shard_manifest
 from fusepipe.engines import derive_seed
 from fusepipe.reward.vote import majority
@@ -109,10 +109,10 @@ def test_vote_choices_match_a_recount_of_the_scores(results, train, gen):
 
 def test_a_rerun_shard_reproduces_its_responses(pipeline, results, tmp_path):
     """Seeded sampling: the same shard, generated again by hand into another workdir, is identical."""
-    cfg = fpconfig.load(pipeline / "config" / "config.yaml")
+    cfg = fppipeline.load(pipeline / "config" / "config.yaml")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.parquet").symlink_to(results / "data" / "train.parquet")
-    params = fpconfig.slice_json(cfg, "generate", "gpt2-strings")  # model path relative to the pipeline's folder
+    params = fppipeline.slice_json(cfg, "generate", "gpt2-strings")  # model path relative to the pipeline's folder
     subprocess.run([sys.executable, "-m", "fusepipe", "generate", "--config-json", params, "--workdir", str(tmp_path),
                     "--target", "gpt2-strings", "--shard", "1"], check=True, capture_output=True, cwd=pipeline)
     again = pl.read_parquet(paths.gen_shard(tmp_path, "gpt2-strings", 1))

@@ -257,8 +257,8 @@ def test_columns_text_without_turns_is_a_bad_row():
     ],
 )
 def test_columns_config_is_validated(entry, message):
-    from fusepipe.config import load_dict
     from fusepipe.errors import ConfigError
+    from fusepipe.pipeline import load_dict
 
     raw = {"data": {"sources": [{"name": "m", "path": "meta-math/MetaMathQA", **entry}]},
            "models": [{"name": "p", "path": "p", "role": "pivot"}, {"name": "s", "path": "s", "role": "source"}],

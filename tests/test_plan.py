@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from fusepipe import plan
+from fusepipe import ablations, plan
 from fusepipe.cli import cli
 from fusepipe.errors import ConfigError
 
@@ -65,18 +65,18 @@ def test_train_gpu_hours_scale_linearly_with_epochs():
     for scale in (1.0, 2.0, 3.0):
         for r in raw["recipes"]:
             r["train"]["epochs_scale"] = scale
-        cfg = plan.fpconfig.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
+        cfg = plan.pipeline.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
         hours.append(plan.estimate(cfg)["stages"]["train"]["gpu_hours"])
     assert hours[1] == pytest.approx(2 * hours[0]) and hours[2] == pytest.approx(3 * hours[0])
 
 
 def test_zero3_shards_the_weights_too():
     raw = yaml.safe_load((REPO / "config" / "recipes" / "infifusion-llama31.yaml").read_text())
-    cfg = plan.fpconfig.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
+    cfg = plan.pipeline.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
     z2 = plan.estimate(cfg)["stages"]["train"]["peak_gpu_bytes"]
     for r in raw["recipes"]:
         r["train"]["zero_stage"] = 3
-    cfg = plan.fpconfig.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
+    cfg = plan.pipeline.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
     z3 = plan.estimate(cfg)["stages"]["train"]["peak_gpu_bytes"]
     n = 8_030_261_248
     assert z2 - z3 == pytest.approx(2 * n + 14 * n / 8 - 16 * n / 8)
@@ -118,7 +118,7 @@ def test_local_data_is_measured(tmp_path):
     raw = yaml.safe_load((REPO / "config" / "recipes" / "fusechat-7b.yaml").read_text())
     raw["data"]["sources"] = [{"name": "local", "path": str(data), "format": "columns",
                                "columns": {"prompt": "query", "response": "response"}}]
-    cfg = plan.fpconfig.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
+    cfg = plan.pipeline.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
     (src,) = plan.estimate(cfg)["data"]["sources"]
     assert src == {"name": "local", "samples": 30, "tokens": 300, "response": 200, "origin": "measured"}
 
@@ -154,5 +154,5 @@ def test_the_small_world_config_changes_the_preset_the_workdir_and_the_epochs_on
 
     assert [without_epochs(r) for r in small.recipes] == [without_epochs(r) for r in tiny.recipes]
     assert [r.train.epochs_scale / t.train.epochs_scale for r, t in zip(small.recipes, tiny.recipes)] == [10, 10, 10]
-    assert small.ablations.train.epochs_scale == small.recipe("profuser").train.epochs_scale  # the schedule grid
+    assert small.ablations.train.epochs_scale == ablations.recipe(small, "profuser").train.epochs_scale  # the schedule grid
     assert small.ablations.model_dump(exclude={"train"}) == tiny.ablations.model_dump(exclude={"train"})

@@ -111,7 +111,7 @@ def test_known_items_cover_the_strong_domain():
 def test_a_pool_worker_builds_what_the_parent_would(toy, tmp_path):
     """The session's world was built by spawned workers (`toy.workers: 2`); rebuilding its cheapest piece, the
     reward model rm-small, here in the test process gives the same weights byte for byte."""
-    from fusepipe.config import load
+    from fusepipe.pipeline import load
     from fusepipe.toy.stage import _build_rm_job
 
     cfg = load(REPO / "config" / "config.yaml").toy

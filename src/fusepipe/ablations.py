@@ -132,15 +132,24 @@ def plan(cfg: Config) -> Plan:
     return out
 
 
+def extra_recipes(cfg: Config) -> list[RecipeConfig]:
+    """Recipes the ablation grids generate; they run only for `snakemake ablations`."""
+    return plan(cfg).recipes if cfg.ablations.grids else []
+
+
+def recipe(cfg: Config, name: str) -> RecipeConfig:
+    """A configured or ablation-generated recipe by name."""
+    return next(r for r in [*cfg.recipes, *extra_recipes(cfg)] if r.name == name)
+
+
 def _plan(cfg: Config) -> Plan:
-    from fusepipe import config as fpconfig
     from fusepipe import paths, recipes
 
     a = cfg.ablations
     out = Plan()
     known = {_signature(cfg, r): (r, "config") for r in cfg.recipes}
-    base_merges = {(r.name, m) for r in fpconfig.merge_recipes(cfg) for m in cfg.merge.methods}
-    base_models = fpconfig.eval_models(cfg)
+    base_merges = {(r.name, m) for r in recipes.merge_recipes(cfg) for m in cfg.merge.methods}
+    base_models = recipes.eval_models(cfg)
 
     def use(grid: str, value: str, candidate: RecipeConfig) -> tuple[RecipeConfig, str | None]:
         """The candidate, or the existing recipe with its settings."""

@@ -92,6 +92,10 @@ def code_version(*modules: str) -> str:
     return h.hexdigest()[:16]
 
 
+def slice_hash(slice_: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(slice_, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Manifest:
     """Collects what a stage did and writes `_manifest.json` beside its outputs."""
 

@@ -17,6 +17,7 @@ import click
 import yaml
 
 from fusepipe import config as fpconfig
+from fusepipe import pipeline as fppipeline
 from fusepipe.errors import FusepipeError
 from fusepipe.progress import setup_logging
 
@@ -26,8 +27,8 @@ log = logging.getLogger("fusepipe")
 def _slice(stage: str, config_path: str | None, config_json: str | None, target: str | None = None) -> dict[str, Any]:
     if config_json:
         return json.loads(config_json)
-    cfg = fpconfig.load(config_path or "config/config.yaml")
-    return fpconfig.stage_slice(cfg, stage, target)
+    cfg = fppipeline.load(config_path or "config/config.yaml")
+    return fppipeline.stage_slice(cfg, stage, target)
 
 
 def _targets(kind: str, config_path: str | None, config_json: str | None, target: str | None) -> list[str]:
@@ -36,7 +37,7 @@ def _targets(kind: str, config_path: str | None, config_json: str | None, target
         if not target:
             raise click.UsageError("--target is required together with --config-json")
         return [target]
-    cfg = fpconfig.load(config_path or "config/config.yaml")
+    cfg = fppipeline.load(config_path or "config/config.yaml")
     models = {"generate": cfg.generators, "reward": cfg.reward_models, "logits": cfg.models,
               "align": cfg.sources}[kind]
     return [m.name for m in models]
@@ -52,7 +53,7 @@ def _shards(shard: int | None, n: int, where: str) -> list[int]:
 def _workdir(config_path: str | None, config_json: str | None, option: str = "--out") -> str:
     if config_json:
         raise click.UsageError(f"{option} is required together with --config-json")
-    return fpconfig.load(config_path or "config/config.yaml").workdir
+    return fppipeline.load(config_path or "config/config.yaml").workdir
 
 
 config_options = [
@@ -103,7 +104,7 @@ def toy_world_cmd(config_path, config_json, out, cpus):
     if cpus is not None:
         workers = max(1, cpus // int(params["toy"]["threads"]))
     else:
-        workers = 1 if config_json else fpconfig.load(config_path or "config/config.yaml").toy.workers
+        workers = 1 if config_json else fppipeline.load(config_path or "config/config.yaml").toy.workers
     result = stage.run(params, out, workers=workers)
     for name, rep in result["models"].items():
         log.info("%-14s %-8s accuracy %s", name, rep["arch"], rep["accuracy"])
@@ -179,7 +180,7 @@ def vote_cmd(config_path, config_json, workdir, shards):
     if shards is None:
         if config_json:
             raise click.UsageError("--shards is required together with --config-json")
-        shards = fpconfig.load(config_path or "config/config.yaml").generate.shards
+        shards = fppipeline.load(config_path or "config/config.yaml").generate.shards
     inputs = [paths.reward_shard(workdir, r["name"], i) for r in params["reward_models"] for i in range(shards)]
     gens = [paths.gen_shard(workdir, m["name"], i) for m in params["models"] for i in range(shards)]
     vote_stage.run(params, inputs, gens, paths.vote_choices(workdir))
@@ -202,7 +203,7 @@ def logits_cmd(config_path, config_json, workdir, mode, target, shard, gen_shard
     if mode == "inf" and gen_shards is None:
         if config_json:
             raise click.UsageError("--gen-shards is required with --mode inf and --config-json")
-        gen_shards = fpconfig.load(config_path or "config/config.yaml").generate.shards
+        gen_shards = fppipeline.load(config_path or "config/config.yaml").generate.shards
     for name in names:
         params = _slice("logits", config_path, config_json, name)
         n = params["logits"]["shards"]
@@ -243,7 +244,7 @@ def _recipe_targets(config_path, config_json, recipe, target) -> list[str]:
         return [f"{recipe}/{target}"]
     from fusepipe import recipes as fprecipes
 
-    cfg = fpconfig.load(config_path or "config/config.yaml")
+    cfg = fppipeline.load(config_path or "config/config.yaml")
     names = [f"{r.name}/{t}" for r in cfg.recipes if recipe in (None, r.name) for t in fprecipes.targets(cfg, r)
              if target in (None, t)]
     if not names:
@@ -296,11 +297,13 @@ def _merge_names(config_path, config_json, recipe, method) -> list[str]:
         if not (recipe and method):
             raise click.UsageError("--recipe and --method are required together with --config-json")
         return [f"{recipe}/{method}"]
-    cfg = fpconfig.load(config_path or "config/config.yaml")
-    names = [f"{r.name}/{m}" for r in fpconfig.merge_recipes(cfg) for m in cfg.merge.methods
+    from fusepipe import recipes as fprecipes
+
+    cfg = fppipeline.load(config_path or "config/config.yaml")
+    names = [f"{r.name}/{m}" for r in fprecipes.merge_recipes(cfg) for m in cfg.merge.methods
              if recipe in (None, r.name) and method in (None, m)]
     if not names:
-        have = [f"{r.name}/{m}" for r in fpconfig.merge_recipes(cfg) for m in cfg.merge.methods]
+        have = [f"{r.name}/{m}" for r in fprecipes.merge_recipes(cfg) for m in cfg.merge.methods]
         raise click.BadParameter(f"no merge {recipe or '*'}/{method or '*'}; the config has: "
                                  f"{', '.join(have) or 'none (no pairwise recipe)'}", param_hint="--recipe/--method")
     return names
@@ -381,18 +384,18 @@ def evaluate_cmd(config_path, config_json, workdir, model, suite, gather):
         else:
             stage.run(params, workdir)
         return
-    cfg = fpconfig.load(config_path or "config/config.yaml")
-    models = [m for m in fpconfig.eval_models(cfg) if model in (None, m)]
+    cfg = fppipeline.load(config_path or "config/config.yaml")
+    models = [m for m in fppipeline.eval_models(cfg) if model in (None, m)]
     suites = [s for s in cfg.eval_suites if suite in (None, s)]
     if not models or not suites:
         raise click.BadParameter(f"no evaluation {model or '*'}/{suite or '*'}; models: "
-                                 f"{', '.join(fpconfig.eval_models(cfg))}; suites: {', '.join(cfg.eval_suites)}",
+                                 f"{', '.join(fppipeline.eval_models(cfg))}; suites: {', '.join(cfg.eval_suites)}",
                                  param_hint="--model/--suite")
     pivot_first = sorted(models, key=lambda m: m != cfg.pivot.name)  # the rm win rate needs the pivot's answers
     for m in pivot_first:
         if not gather:
             for s in suites:
-                stage.run(fpconfig.stage_slice(cfg, "evaluate", f"{m}/{s}"), workdir)
+                stage.run(fppipeline.stage_slice(cfg, "evaluate", f"{m}/{s}"), workdir)
         done = [paths.eval_suite(workdir, m, s) for s in cfg.eval_suites]
         if all(Path(p).is_file() for p in done):
             stage.gather(m, done, paths.eval_results(workdir, m))
@@ -413,8 +416,8 @@ def report_cmd(config_path, config_json, workdir, out):
     if config_json:
         params = json.loads(config_json)
     else:
-        cfg = fpconfig.load(config_path or "config/config.yaml")
-        params = {"pivot": cfg.pivot.name, "models": list(fpconfig.eval_models(cfg))}
+        cfg = fppipeline.load(config_path or "config/config.yaml")
+        params = {"pivot": cfg.pivot.name, "models": list(fppipeline.eval_models(cfg))}
     results = [paths.eval_results(workdir, m) for m in params["models"]]
     missing = [r for r in results if not Path(r).is_file()]
     if missing:
@@ -436,13 +439,13 @@ def ablations_cmd(config_path, config_json, workdir, out, list_only):
     if list_only:
         if config_json:
             raise click.UsageError("--list reads the whole config (--config), not a slice")
-        click.echo(ablations.describe(fpconfig.load(config_path or "config/config.yaml")))
+        click.echo(ablations.describe(fppipeline.load(config_path or "config/config.yaml")))
         return
     workdir = workdir or _workdir(config_path, config_json, "--workdir")
     if config_json:
         params = json.loads(config_json)
     else:
-        params = ablations.report_params(fpconfig.load(config_path or "config/config.yaml"))
+        params = ablations.report_params(fppipeline.load(config_path or "config/config.yaml"))
     models = [params["pivot"], *[v["model"] for g in params["grids"] for v in g["variants"]]]
     missing = [paths.eval_results(workdir, m) for m in dict.fromkeys(models)
                if not Path(paths.eval_results(workdir, m)).is_file()]

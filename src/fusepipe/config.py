@@ -1,22 +1,18 @@
 """Typed configuration: one source of truth for the CLI, the Snakefile and `config/schema.yaml`.
 
-The pydantic models below are validated by the CLI; `config/schema.yaml` is their JSON schema
-(`fusepipe schema > config/schema.yaml`, checked by a test), validated by Snakemake with defaults filled.
-Each stage gets only its own slice (`stage_slice`), so editing one stage's settings reruns that stage and
-what depends on it, not everything.
+The pydantic models below (each stage's own section comes from `fusepipe.params`) are validated by the CLI;
+`config/schema.yaml` is their JSON schema (`fusepipe schema > config/schema.yaml`, checked by a test), validated
+by Snakemake with defaults filled. This module only describes and validates a config: `fusepipe.pipeline.load`
+also checks recipes and ablation grids, and cuts each stage's slice.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from fusepipe.errors import ConfigError
 from fusepipe.params import NAME_PATTERN, Strict, check_unique
 from fusepipe.params.align import AlignConfig
 from fusepipe.params.data import DataConfig
@@ -286,22 +282,11 @@ class Config(Strict):
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
 
-    @property
-    def extra_recipes(self) -> list[RecipeConfig]:
-        """Recipes the ablation grids generate (fusepipe.ablations); they run only for `snakemake ablations`."""
-        from fusepipe import ablations
-
-        return ablations.plan(self).recipes if self.ablations.grids else []
-
-    def recipe(self, name: str) -> RecipeConfig:
-        """A configured or ablation-generated recipe by name."""
-        return next(r for r in [*self.recipes, *self.extra_recipes] if r.name == name)
-
     def reward_model(self, name: str) -> RewardModelSpec:
         return next(r for r in self.reward_models if r.name == name)
 
 
-# ---------------------------------------------------------------------------------------------- loading
+# ------------------------------------------------------------------------------- errors and the JSON schema
 
 
 def format_validation_error(err: ValidationError, origin: str) -> str:
@@ -316,244 +301,6 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
     return "; ".join(lines)
 
 
-def load_dict(raw: dict[str, Any], origin: str = "config") -> Config:
-    try:
-        cfg = Config.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, origin)) from None
-    from fusepipe import ablations, recipes
-
-    recipes.check(cfg)
-    ablations.check(cfg)
-    return cfg
-
-
-def load(path: str | Path) -> Config:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of keys, got {type(raw).__name__}")
-    return load_dict(raw, str(path))
-
-
 def json_schema() -> dict[str, Any]:
     schema = Config.model_json_schema()
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-
-
-# ---------------------------------------------------------------------------------------------- slices
-
-# Which parts of the config each stage reads. A stage's slice is its Snakemake `params`, so editing a key
-# reruns exactly the stages that read it (and, through their outputs, what depends on them). Stages that run
-# once per model or reward model (`target`) read only that one's entry.
-TOKENIZER_KEYS = ("name", "path", "chat_template", "trust_remote_code")
-
-
-# Keys that size cluster jobs and plans, or how a job spreads over CPUs, but never change an artifact: left out
-# of the slices (no rerun).
-SIZING_KEYS = {"params_b", "workers"}
-
-
-def _dump(model: BaseModel, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
-    out = model.model_dump(mode="json", exclude=SIZING_KEYS & set(type(model).model_fields))
-    return {k: out[k] for k in keys} if keys else out
-
-
-def _vote_slice(cfg: Config) -> dict[str, Any]:
-    return {
-        "vote": _dump(cfg.vote),
-        "models": [{"name": m.name, "role": m.role} for m in cfg.generators],
-        "reward_models": [{"name": r.name, "strength": r.strength} for r in cfg.reward_models],
-        "n": cfg.generate.n,
-    }
-
-
-def _recipe_target(cfg: Config, target: str | None) -> tuple[RecipeConfig, str]:
-    """`recipe/target` -> (recipe, target), checked against the config."""
-    from fusepipe import recipes
-
-    name, _, model = (target or "").partition("/")
-    every = [*cfg.recipes, *cfg.extra_recipes]
-    recipe = next((r for r in every if r.name == name), None)
-    if recipe is None or model not in recipes.targets(cfg, recipe):
-        choices = [f"{r.name}/{t}" for r in every for t in recipes.targets(cfg, r)]
-        raise ConfigError(f"no recipe target {target!r}; the config has: {', '.join(choices) or 'no recipes'}")
-    return recipe, model
-
-
-def _fuse_slice(cfg: Config, target: str | None) -> dict[str, Any]:
-    from fusepipe import recipes
-
-    recipe, model = _recipe_target(cfg, target)
-    res = recipes.resolve(recipe)
-    out = {
-        "recipe": {k: res[k] for k in ("name", "kind", "pairwise", "fusion", "modes")},
-        "target": model,
-        "members": recipes.members(cfg, res, model),
-        "generators": [m.name for m in cfg.generators],
-        "pivot": _dump(cfg.pivot),
-        "logits": {"k": cfg.logits.k, "shards": cfg.logits.shards, "overlong": cfg.logits.overlong},
-        "align_k": cfg.align.k or cfg.logits.k,
-        "gen_shards": cfg.generate.shards,
-    }
-    if recipe.align_vocab not in (None, cfg.align.vocab):  # another vocabulary map: its own aligned shards
-        out["align_variant"] = f"vocab-{recipe.align_vocab}"
-    return out
-
-
-def align_slice(cfg: Config, source: str, vocab: str | None = None) -> dict[str, Any]:
-    """The align slice of a pair; with `vocab` other than align.vocab, the slice of its vocab/project/coverage
-    steps under align/{pivot}~{source}/vocab-{map}/ (the links step is the pair's own)."""
-    out = stage_slice(cfg, "align", source)
-    if vocab not in (None, cfg.align.vocab):
-        out["align"] = {**out["align"], "vocab": vocab}
-        out["variant"] = f"vocab-{vocab}"
-    return out
-
-
-def _train_slice(cfg: Config, target: str | None) -> dict[str, Any]:
-    from fusepipe import recipes
-
-    recipe, model = _recipe_target(cfg, target)
-    res = recipes.resolve(recipe)
-    return {
-        "recipe": {k: res[k] for k in ("name", "kind", "schedule_name", "schedule", "train", "modes")},
-        "target": model,
-        "pivot": _dump(cfg.pivot),
-        "shards": cfg.logits.shards,
-    }
-
-
-def merge_recipes(cfg: Config) -> list[RecipeConfig]:
-    """The recipes whose targets are merged: the pairwise ones (or those `merge.recipes` names)."""
-    from fusepipe import recipes
-
-    wanted = cfg.merge.recipes
-    return [r for r in cfg.recipes if (wanted is None and recipes.resolve(r)["pairwise"]) or (wanted and r.name in wanted)]
-
-
-def _merge_slice(cfg: Config, target: str | None) -> dict[str, Any]:
-    from fusepipe import recipes
-
-    name, _, method = (target or "").partition("/")
-    merges = merge_pairs(cfg, ablations=True)
-    if (name, method) not in merges:
-        choices = [f"{r}/{m}" for r, m in merges]
-        raise ConfigError(f"no merge {target!r}; the config has: {', '.join(choices) or 'none'}")
-    recipe = cfg.recipe(name)
-    settings = cfg.merge.model_dump(mode="json", exclude={"methods", "recipes"})
-    keep = ("method", "embedding_policy", "dtype", "max_shard_bytes", "threads", method)
-    return {
-        "merge": {k: v for k, v in {**settings, "method": method}.items() if k in keep},
-        "recipe": recipe.name,
-        "targets": recipes.targets(cfg, recipe),
-        "pivot": _dump(cfg.pivot, TOKENIZER_KEYS),
-    }
-
-
-def merge_pairs(cfg: Config, ablations: bool = False) -> list[tuple[str, str]]:
-    """(recipe, method) of every merge `all` builds; with `ablations`, the ablation grids' merges too."""
-    out = [(r.name, m) for r in merge_recipes(cfg) for m in cfg.merge.methods]
-    if ablations and cfg.ablations.grids:
-        from fusepipe import ablations as fpablations
-
-        out += [p for p in fpablations.plan(cfg).merges if p not in out]
-    return out
-
-
-def eval_models(cfg: Config, ablations: bool = False) -> dict[str, dict[str, Any]]:
-    """Every model a run uses or produces, by evaluation id: the config's models by name, each trained target as
-    `train.{recipe}.{target}`, each merged model as `merge.{recipe}.{method}`; with `ablations`, also the models
-    the ablation grids add (fusepipe.ablations)."""
-    from fusepipe import paths, recipes
-
-    if ablations and cfg.ablations.grids:
-        from fusepipe import ablations as fpablations
-
-        return {**eval_models(cfg), **fpablations.plan(cfg).eval_models}
-
-    out = {m.name: {"path": m.path, "kind": m.role, "spec": m} for m in cfg.models}
-    for r in cfg.recipes:
-        for t in recipes.targets(cfg, r):
-            out[f"train.{r.name}.{t}"] = {"path": paths.train_model(cfg.workdir, r.name, t), "kind": "train",
-                                          "recipe": r.name, "recipe_kind": r.kind, "target": t, "spec": cfg.pivot}
-    for r in merge_recipes(cfg):
-        for m in cfg.merge.methods:
-            out[f"merge.{r.name}.{m}"] = {"path": paths.merge_model(cfg.workdir, r.name, m), "kind": "merge",
-                                          "recipe": r.name, "method": m, "spec": cfg.pivot}
-    return out
-
-
-def _evaluate_slice(cfg: Config, target: str | None) -> dict[str, Any]:
-    from fusepipe.evaluate import suites
-
-    model, _, suite = (target or "").partition("/")
-    models = eval_models(cfg, ablations=True)
-    if model not in models or suite not in cfg.eval_suites:
-        choices = [f"{m}/{s}" for m in models for s in cfg.eval_suites]
-        raise ConfigError(f"no evaluation {target!r}; the config has: {', '.join(choices[:12])}"
-                          + (" ..." if len(choices) > 12 else ""))
-    info = models[model]
-    spec = {**_dump(info["spec"]), "name": model, "path": info["path"]}
-    engine = {"engine": cfg.evaluate.engine} if cfg.evaluate.engine else {}
-    spec.update(engine)
-    resolved = suites.resolve(suite, {k: v.model_dump(exclude_none=True) for k, v in cfg.evaluate.suites.items()})
-    out: dict[str, Any] = {"suite": resolved, "model": spec,
-                           "about": {k: v for k, v in info.items() if k not in ("spec", "path")},
-                           "pivot": cfg.pivot.name}
-    if resolved["kind"] == "rm":
-        out["reward_models"] = [{**_dump(r), **engine} for r in cfg.reward_models]
-    return out
-
-
-STAGE_SLICES: dict[str, Any] = {
-    "toy_world": lambda cfg, target: {"toy": _dump(cfg.toy)},
-    "data": lambda cfg, target: {"data": _dump(cfg.data), "pivot": _dump(cfg.pivot, TOKENIZER_KEYS)},
-    "generate": lambda cfg, target: {"generate": _dump(cfg.generate), "model": _dump(cfg.model(target))},
-    "reward": lambda cfg, target: {
-        "reward": _dump(cfg.reward),
-        "reward_model": _dump(cfg.reward_model(target)),
-        "generators": [m.name for m in cfg.generators],
-        "shards": cfg.generate.shards,
-    },
-    "vote": lambda cfg, target: _vote_slice(cfg),
-    "logits": lambda cfg, target: {"logits": _dump(cfg.logits), "model": _dump(cfg.model(target))},
-    "fuse": lambda cfg, target: _fuse_slice(cfg, target),
-    "train": lambda cfg, target: _train_slice(cfg, target),
-    "merge": lambda cfg, target: _merge_slice(cfg, target),
-    "evaluate": lambda cfg, target: _evaluate_slice(cfg, target),
-    "align": lambda cfg, target: {
-        "align": _dump(cfg.align),
-        "logits": {key: getattr(cfg.logits, key) for key in ("k", "shards", "overlong")},
-        "modes": cfg.align_modes(target),
-        "gen_shards": cfg.generate.shards,
-        "pivot": _dump(cfg.pivot),
-        "source": _dump(cfg.model(target)),
-    },
-}
-STAGE_KEYS = tuple(STAGE_SLICES)
-TARGETED = {"generate": "models", "reward": "reward_models", "logits": "models", "align": "sources"}
-
-
-def stage_slice(cfg: Config, stage: str, target: str | None = None) -> dict[str, Any]:
-    """The part of `cfg` a stage depends on, as plain JSON-able data (for `target`: a model or reward model)."""
-    if stage not in STAGE_SLICES:
-        raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_SLICES)}")
-    if stage in TARGETED:
-        names = [m.name for m in getattr(cfg, TARGETED[stage])]
-        if target not in names:
-            raise ConfigError(f"stage {stage!r} needs --target, one of {', '.join(names)} (got {target!r})")
-    return STAGE_SLICES[stage](cfg, target)
-
-
-def slice_json(cfg: Config, stage: str, target: str | None = None) -> str:
-    return json.dumps(stage_slice(cfg, stage, target), sort_keys=True, separators=(",", ":"))
-
-
-def slice_hash(slice_: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(slice_, sort_keys=True).encode()).hexdigest()[:16]

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from fusepipe import config as fpconfig
-from fusepipe import recipes, sizes
+from fusepipe import pipeline, recipes, sizes
 from fusepipe.errors import ConfigError, DataError
 from fusepipe.params.data import DataSource
 
@@ -128,7 +128,7 @@ def load(configfile: str | Path, base: str | Path | None = "config/config.yaml")
         if not Path(path).is_file():
             raise ConfigError(f"{path}: config file not found")
         raw = deep_merge(raw, yaml.safe_load(Path(path).read_text()) or {})
-    return fpconfig.load_dict(raw, str(configfile))
+    return pipeline.load_dict(raw, str(configfile))
 
 
 # ---------------------------------------------------------------------------------------------- sizes and tokens
@@ -307,14 +307,14 @@ def estimate(cfg: fpconfig.Config, a: Assumptions | None = None) -> dict[str, An
             st["train"].add(1, gpu_h=hours, disk=2 * pivot_n, gpu_mem=state + act, host=4 * pivot_n + 8 * GiB)
             st["train"].notes.append(f"{r.name}/{t}: {hours:.1f} GPU-h ({hours / g:.1f} h on {g} GPUs), "
                                      f"{seq_tokens / 1e6:.0f}M tokens trained")
-    for r in fpconfig.merge_recipes(cfg):
+    for r in recipes.merge_recipes(cfg):
         k = len(recipes.targets(cfg, r))
         for _ in cfg.merge.methods:
             read = (k + 1) * 2 * pivot_n
             largest = pivot_arch.largest_tensor() if pivot_arch else pivot_n / 50
             st["merge"].add(1, cpu_h=read / 200e6 / 3600, disk=2 * pivot_n, host=(k + 2) * largest * 4 + 4 * GiB)
 
-    evals = fpconfig.eval_models(cfg)
+    evals = pipeline.eval_models(cfg)
     for suite in cfg.eval_suites:
         fwd, gen = SUITE_TOKENS.get(suite, (0, 0))
         for info in evals.values():

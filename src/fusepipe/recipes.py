@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fusepipe import paths
 from fusepipe.config import SCHEDULES, Config, RecipeConfig
 from fusepipe.errors import ConfigError
 from fusepipe.params.train import PhaseConfig
@@ -100,6 +101,28 @@ def members(cfg: Config, recipe: dict[str, Any], target: str) -> list[str]:
     if target == UNIFIED_TARGET:
         return [cfg.pivot.name, *[m.name for m in cfg.sources]]
     return [cfg.pivot.name, target]
+
+
+def merge_recipes(cfg: Config) -> list[RecipeConfig]:
+    """The recipes whose targets are merged: the pairwise ones (or those `merge.recipes` names)."""
+    wanted = cfg.merge.recipes
+    return [r for r in cfg.recipes if (wanted is None and resolve(r)["pairwise"]) or (wanted and r.name in wanted)]
+
+
+def eval_models(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Every model a run uses or produces, by evaluation id: the config's models by name, each trained target as
+    `train.{recipe}.{target}`, each merged model as `merge.{recipe}.{method}` (the ablation grids' models too:
+    fusepipe.pipeline.eval_models)."""
+    out = {m.name: {"path": m.path, "kind": m.role, "spec": m} for m in cfg.models}
+    for r in cfg.recipes:
+        for t in targets(cfg, r):
+            out[f"train.{r.name}.{t}"] = {"path": paths.train_model(cfg.workdir, r.name, t), "kind": "train",
+                                          "recipe": r.name, "recipe_kind": r.kind, "target": t, "spec": cfg.pivot}
+    for r in merge_recipes(cfg):
+        for m in cfg.merge.methods:
+            out[f"merge.{r.name}.{m}"] = {"path": paths.merge_model(cfg.workdir, r.name, m), "kind": "merge",
+                                          "recipe": r.name, "method": m, "spec": cfg.pivot}
+    return out
 
 
 def check(cfg: Config) -> None:

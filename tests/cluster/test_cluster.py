@@ -17,6 +17,8 @@ import yaml
 
 from fusepipe import cluster, plan
 from fusepipe import config as fpconfig
+from fusepipe import pipeline as fppipeline
+from fusepipe import recipes as fprecipes
 from tests.conftest import REPO, copy_workflow, snakemake
 
 RECIPES = sorted(p.name for p in (REPO / "config" / "recipes").glob("*.yaml"))
@@ -258,11 +260,11 @@ def all_slices(cfg: fpconfig.Config) -> dict[str, str]:
         "generate": [m.name for m in cfg.generators], "reward": [r.name for r in cfg.reward_models],
         "logits": [m.name for m in cfg.models], "align": [m.name for m in cfg.sources],
         "fuse": [f"{r.name}/{t}" for r in cfg.recipes for t in recipes.targets(cfg, r)],
-        "merge": [f"{r.name}/{m}" for r in fpconfig.merge_recipes(cfg) for m in cfg.merge.methods],
-        "evaluate": [f"{m}/{s}" for m in fpconfig.eval_models(cfg) for s in cfg.eval_suites],
+        "merge": [f"{r.name}/{m}" for r in fprecipes.merge_recipes(cfg) for m in cfg.merge.methods],
+        "evaluate": [f"{m}/{s}" for m in fppipeline.eval_models(cfg) for s in cfg.eval_suites],
     }
     targets["train"] = targets["fuse"]
-    return {f"{stage}/{t}": fpconfig.slice_json(cfg, stage, t) for stage, ts in targets.items() for t in ts}
+    return {f"{stage}/{t}": fppipeline.slice_json(cfg, stage, t) for stage, ts in targets.items() for t in ts}
 
 
 @pytest.mark.parametrize("edit, stale", [
@@ -276,9 +278,9 @@ def test_a_recipe_edit_changes_only_its_stage_params(edit, stale):
     name = "fusechat-7b.yaml"
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw = plan.deep_merge(base, yaml.safe_load((REPO / "config" / "recipes" / name).read_text()))
-    before = all_slices(fpconfig.load_dict(raw))
+    before = all_slices(fppipeline.load_dict(raw))
     edit(raw)
-    after = all_slices(fpconfig.load_dict(raw))
+    after = all_slices(fppipeline.load_dict(raw))
     changed = {k for k in before if before[k] != after[k]}
     expected = stale if isinstance(stale, set) else {k for k in before if k.startswith(stale)}
     assert changed == expected and expected
@@ -287,7 +289,7 @@ def test_a_recipe_edit_changes_only_its_stage_params(edit, stale):
 def test_the_toy_build_asks_for_a_cpu_per_worker():
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw["toy"].update(threads=2, workers=3)
-    cfg = fpconfig.load_dict(raw)
+    cfg = fppipeline.load_dict(raw)
     assert cluster.threads(cfg, "toy_world") == 6 == cluster.resources(cfg, "toy_world")["cpus_per_task"]
 
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from fusepipe import config as fpconfig
 from fusepipe import paths
+from fusepipe import pipeline as fppipeline
 from fusepipe.evaluate import stage
 
 
@@ -23,7 +23,7 @@ def cfg(pipeline_cfg):
 
 
 def test_every_model_has_results_on_every_suite(results, cfg):
-    for model in fpconfig.eval_models(cfg):
+    for model in fppipeline.eval_models(cfg):
         doc = json.loads((results / "eval" / model / "results.json").read_text())
         assert set(doc["suites"]) == {"toy", "rm"}
         assert 0 <= doc["metrics"]["toy_mean"] <= 1 and 0 <= doc["metrics"]["win_rate_vs_pivot"] <= 1
@@ -46,7 +46,7 @@ def test_local_task_scores_a_model_on_items_it_gets_right_or_wrong(results, cfg,
     (tmp_path / "toy" / "data").mkdir(parents=True)
     (tmp_path / "toy" / "data" / "benchmark.jsonl").write_text(
         "".join(json.dumps(b) + "\n" for b in bench if b["prompt"] in chosen))
-    params = fpconfig.stage_slice(cfg, "evaluate", "qwen-arith/toy")
+    params = fppipeline.stage_slice(cfg, "evaluate", "qwen-arith/toy")
     got = stage.run_toy(params, tmp_path)["metrics"]
     assert got["toy_arith"] == (1.0 if correct else 0.0)
 
@@ -71,7 +71,7 @@ def test_report_matches_the_evaluations(results):
 
 
 def test_evaluate_names_a_model_that_was_not_trained(cfg, tmp_path):
-    params = fpconfig.stage_slice(cfg, "evaluate", "merge.fusechat.sce/toy")
+    params = fppipeline.stage_slice(cfg, "evaluate", "merge.fusechat.sce/toy")
     params["model"]["path"] = str(tmp_path / "nope")
     with pytest.raises(Exception) as err:
         stage.run(params, tmp_path)

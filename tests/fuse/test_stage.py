@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from conftest import load_pipeline_config
 
-from fusepipe import config as fpconfig
 from fusepipe import paths
+from fusepipe import pipeline as fppipeline
 from fusepipe.errors import ArtifactError
 from fusepipe.fuse import stage
 from fusepipe.fuse.stage import read_targets
@@ -36,7 +36,7 @@ def cfg(pipeline):
 
 
 def fuse(cfg, tmp_path, name):
-    params = fpconfig.stage_slice(cfg, "fuse", name)
+    params = fppipeline.stage_slice(cfg, "fuse", name)
     out = tmp_path / name.replace("/", "_") / "shard-00000.parquet"
     manifest = stage.run(params, cfg.workdir, 0, out)
     return pl.from_arrow(read_targets(out)), manifest
@@ -87,7 +87,7 @@ def test_pairwise_vote_uses_the_pairs_own_vote(cfg, tmp_path):
 
 
 def test_fuse_names_a_missing_aligned_shard(cfg, tmp_path):
-    params = fpconfig.stage_slice(cfg, "fuse", "fusechat/qwen-arith")
+    params = fppipeline.stage_slice(cfg, "fuse", "fusechat/qwen-arith")
     with pytest.raises(ArtifactError) as err:
         stage.run(params, tmp_path, 0, tmp_path / "out.parquet")
     assert str(err.value) == (f"{paths.logits_shard(tmp_path, 'gt', PIVOT, 0)}: missing; run the logits stage for "

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fusepipe import config as fpconfig
 from fusepipe import paths
+from fusepipe import pipeline as fppipeline
 from fusepipe.models import load_tokenizer
 from fusepipe.train import loop
 from fusepipe.train.data import load_examples, plan
@@ -24,7 +24,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def setup(pipeline_cfg):
     cfg = pipeline_cfg
-    params = fpconfig.stage_slice(cfg, "train", "fusechat/qwen-arith")
+    params = fppipeline.stage_slice(cfg, "train", "fusechat/qwen-arith")
     params["recipe"]["train"].update(micro_batch=4, global_batch=8, max_steps=STEPS, save_every=2,
                                      gradient_checkpointing=False, lr=1e-3)
     tok = load_tokenizer(params["pivot"])

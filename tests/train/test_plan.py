@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fusepipe import config as fpconfig
+from fusepipe import pipeline as fppipeline
 from fusepipe import recipes
 from fusepipe.errors import ArtifactError, ConfigError
 from fusepipe.train.data import Example, Teacher, plan
@@ -107,6 +108,6 @@ def test_unknown_schedule_and_missing_modes_are_config_errors(tmp_path):
            "models": [{"name": "p", "path": "p", "role": "pivot"}, {"name": "s", "path": "s", "role": "source"}],
            "recipes": [{"name": "pf", "kind": "profuser"}]}
     with pytest.raises(ConfigError) as err:
-        fpconfig.load_dict(raw)
+        fppipeline.load_dict(raw)
     assert str(err.value) == ("recipe 'pf': its schedule trains on mode(s) inf but logits.modes is ['gt']; add "
                               "them there or pick another schedule")

@@ -6,7 +6,8 @@ from fusepipe import paths
 from fusepipe.artifacts import code_version, shard_manifest
 from fusepipe.toy.world import output_paths as toy_output_paths
 
-# Shared modules that shape outputs; config.py/cli.py only parse and dispatch (the slice param covers config).
+# Shared modules that shape outputs; config.py, params/, pipeline.py and cli.py only parse and dispatch (the slice
+# param covers config).
 SHARED_CODE = ("schemas", "artifacts", "chat", "models")
 TOY_PATHS = toy_output_paths(f"{W}/toy") if CFG.toy.enabled else {}
 TOY_OUTPUTS = [str(p) for p in TOY_PATHS.values()]
@@ -15,7 +16,7 @@ TOY_DECLARED = [directory(str(p)) if k.startswith(("model:", "rm:")) else str(p)
 
 
 def stage_params(stage, target=None):
-    return fpconfig.slice_json(CFG, stage, target)
+    return fppipeline.slice_json(CFG, stage, target)
 
 
 def stage_code(*modules):
@@ -57,7 +58,7 @@ def align_targets():
 
 
 def align_variant_params(wc):
-    return json.dumps(fpconfig.align_slice(CFG, wc.source, wc.vocab), sort_keys=True, separators=(",", ":"))
+    return json.dumps(fppipeline.align_slice(CFG, wc.source, wc.vocab), sort_keys=True, separators=(",", ":"))
 
 
 # ---- used by evaluate.smk
@@ -65,7 +66,7 @@ def align_variant_params(wc):
 
 def eval_inputs(wc):
     info = EVAL_RULE_MODELS[wc.model]
-    suite = fpconfig.stage_slice(CFG, "evaluate", f"{wc.model}/{wc.suite}")["suite"]
+    suite = fppipeline.stage_slice(CFG, "evaluate", f"{wc.model}/{wc.suite}")["suite"]
     out = {"model": local_inputs(info["path"]) if info["kind"] in ("pivot", "source") else [info["path"]]}
     if suite["kind"] == "toy":
         out["benchmark"] = [p for p in TOY_OUTPUTS if p.endswith("benchmark.jsonl")]
@@ -85,7 +86,7 @@ def eval_targets():
 
 
 def fuse_inputs(wc):
-    params = fpconfig.stage_slice(CFG, "fuse", f"{wc.recipe}/{wc.target}")
+    params = fppipeline.stage_slice(CFG, "fuse", f"{wc.recipe}/{wc.target}")
     return fuse_stage.inputs(params, W, int(wc.shard))
 
 

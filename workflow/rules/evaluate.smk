@@ -7,8 +7,8 @@ import json
 
 import re
 
-EVAL_MODELS = fpconfig.eval_models(CFG)
-EVAL_RULE_MODELS = fpconfig.eval_models(CFG, ablations=True)  # + the ablation grids' models (not in `all`)
+EVAL_MODELS = fppipeline.eval_models(CFG)
+EVAL_RULE_MODELS = fppipeline.eval_models(CFG, ablations=True)  # + the ablation grids' models (not in `all`)
 EVAL_SUITES = CFG.eval_suites
 EVAL_IDS = "|".join(re.escape(m) for m in EVAL_RULE_MODELS) or "none"
 

@@ -1,13 +1,13 @@
 # Merging the trained targets of every pairwise recipe, one job per (recipe, method).
-MERGE_RECIPES = [r.name for r in fpconfig.merge_recipes(CFG)]
-MERGE_PAIRS = fpconfig.merge_pairs(CFG, ablations=True)  # `all`'s merges and the ablation grids'
+MERGE_RECIPES = [r.name for r in fprecipes.merge_recipes(CFG)]
+MERGE_PAIRS = fppipeline.merge_pairs(CFG, ablations=True)  # `all`'s merges and the ablation grids'
 
 
 rule merge:
     """Merge a recipe's pairwise targets onto the pivot, streaming tensor by tensor (SCE, RSAF, TIES, ...)."""
     input:
         targets=lambda wc: [paths.train_model(W, wc.recipe, t)
-                            for t in fprecipes.targets(CFG, CFG.recipe(wc.recipe))],
+                            for t in fprecipes.targets(CFG, fpablations.recipe(CFG, wc.recipe))],
         pivot=local_inputs(CFG.pivot.path),
     output:
         directory(paths.merge_model(W, "{recipe}", "{method}")),

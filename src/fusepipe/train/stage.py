@@ -15,8 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from fusepipe import paths
-from fusepipe.artifacts import Manifest, code_version, write_parquet
-from fusepipe.config import slice_hash
+from fusepipe.artifacts import Manifest, code_version, slice_hash, write_parquet
 from fusepipe.errors import ArtifactError
 from fusepipe.models import load_tokenizer
 from fusepipe.train.data import load_examples, plan
