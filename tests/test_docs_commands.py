@@ -27,10 +27,9 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import REPO, copy_workflow
 
 from fusepipe.cli import cli
-
-from conftest import REPO, copy_workflow
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PROGRAMS = {"snakemake", "fusepipe", "make", "python", "python3", "pip", "sbatch", "srun", "conda", "cat", "export",
@@ -140,7 +139,7 @@ def workflow(tmp_path_factory) -> Path:
     root = copy_workflow(tmp_path_factory.mktemp("docs"))
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Running on your own models and data"):]
-    (root / "my.yaml").write_text(re.search(r"^```yaml\n(.*?)^```", section, re.M | re.S).group(1))
+    (root / "my.yaml").write_text(re.search(r"^```yaml\n(.*?)^```", section, re.MULTILINE | re.DOTALL).group(1))
     return root
 
 
@@ -175,8 +174,8 @@ def check_snakemake(command: Command, args: list[str], workflow: Path, monkeypat
     args = [PLACEHOLDERS.get(a, a) for a in args]
     if not READ_ONLY & set(args):
         args.append("-n")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workflow, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workflow, check=False, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in out, (
         f"{command.where}: `{command.text}` fails as written (ran `snakemake {' '.join(args)}` in a workflow copy):\n"
@@ -225,7 +224,7 @@ def check_fusepipe(command: Command, args: list[str], workflow: Path, monkeypatc
 
 
 def check_make(command: Command, args: list[str], workflow: Path, monkeypatch) -> None:
-    proc = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["make", "-n", *args], cwd=REPO, check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"{command.where}: `make -n {' '.join(args)}` fails:\n{proc.stderr[-2000:]}"
 
 
@@ -235,8 +234,8 @@ def check_python(command: Command, args: list[str], workflow: Path, monkeypatch)
         return
     script = REPO / args[0]
     assert script.is_file(), f"{command.where}: `{command.text}`: no file {args[0]}"
-    proc = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, check=False, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, f"{command.where}: `{args[0]} --help` fails:\n{proc.stderr[-2000:]}"
     for opt in (w for w in args[1:] if w.startswith("--")):
         assert opt in proc.stdout, f"{command.where}: `{command.text}`: {args[0]} has no {opt}"

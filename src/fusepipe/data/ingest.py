@@ -200,7 +200,7 @@ def _hf(
             rec = next(rows)
         except StopIteration:
             return
-        except Exception as err:  # undecodable or malformed files surface while streaming
+        except Exception as err:  # noqa: BLE001  (undecodable or malformed files surface while streaming)
             raise DataError(f"{path}: datasets failed reading row {n}: {_first(err)}; fix the file (or set "
                             "`encoding:` for this source)") from None
         yield RawRow(f"{path}:row {n}", rec)
