@@ -9,7 +9,8 @@ by what it is:
   arguments fail); `plan` and `schema` run for real in the copy; synopses (`[--opt]`, `a|b`, `…`, placeholders)
   only need their subcommand and options to exist;
 - `make X` runs as `make -n X`; `python -m M` needs M importable; `python script.py --opt ...` needs the script and
-  its options (`--help`); `pip install -e ".[extra]"` needs the extras in pyproject.toml; `export` needs NAME=value.
+  its options (`--help`); `bash script.sh --opt` needs the script (`bash -n`) and its options; `pip install -e
+  ".[extra]"` needs the extras in pyproject.toml; `export` needs NAME=value.
 Commands that cannot run here are listed in SKIP with the reason. Anything else fails: a new kind of command must
 be taught to this test or listed."""
 
@@ -249,9 +250,22 @@ def check_pip(command: Command, args: list[str], workflow: Path, monkeypatch) ->
     assert not missing, f"{command.where}: `{command.text}`: pyproject.toml has no extra {sorted(missing)}"
 
 
+def check_bash(command: Command, args: list[str], workflow: Path, monkeypatch) -> None:
+    """`bash script.sh --opt ...`: the script exists, parses (`bash -n`), and knows each option (in its own text
+    or in a Python script it names); running it is its own test's job (e.g. tests/test_gpu_check.py)."""
+    script = REPO / args[0]
+    assert script.is_file(), f"{command.where}: `{command.text}`: no file {args[0]}"
+    proc = subprocess.run(["bash", "-n", str(script)], check=False, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, f"{command.where}: `bash -n {args[0]}`: {proc.stderr}"
+    text = script.read_text()
+    text += "".join((REPO / p).read_text() for p in set(re.findall(r"[\w/]+\.py", text)) if (REPO / p).is_file())
+    for opt in (w for w in args[1:] if w.startswith("--")):
+        assert opt in text, f"{command.where}: `{command.text}`: {args[0]} has no {opt}"
+
+
 def check_export(command: Command, args: list[str], workflow: Path, monkeypatch) -> None:
     assert args and all(ENV.match(a) for a in args), f"{command.where}: `{command.text}`: not `export NAME=value`"
 
 
 CHECKS = {"snakemake": check_snakemake, "fusepipe": check_fusepipe, "make": check_make, "python": check_python,
-          "pip": check_pip, "export": check_export}  # fmt: skip
+          "pip": check_pip, "export": check_export, "bash": check_bash}  # fmt: skip
