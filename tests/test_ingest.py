@@ -52,6 +52,8 @@ def test_every_format_from_every_file_loader(tmp_path, fmt, kind):
 def test_alpaca_input_is_appended_to_the_instruction():
     msgs = to_messages({"instruction": "Sum these.", "input": "1 2", "output": "3"}, "alpaca", "x")
     assert msgs == [{"role": "user", "content": "Sum these.\n\n1 2"}, {"role": "assistant", "content": "3"}]
+    with pytest.raises(DataError, match="^x: fields have the wrong type for format 'alpaca'$"):  # not "[1, 2]" text
+        to_messages({"instruction": "Sum these.", "input": [1, 2], "output": "3"}, "alpaca", "x")
 
 
 def test_hf_datasets_loader_on_a_local_folder(tmp_path):
@@ -77,6 +79,7 @@ def test_json_object_holding_one_array(tmp_path):
         (json.dumps({"messages": "hello"}), "line 2: fields have the wrong type for format 'messages'"),
         (json.dumps({"messages": [{"role": "user", "content": 3}]}), "line 2: turn 0 content is int, expected text"),
         (json.dumps([1, 2]), "line 2: expected an object, got list"),
+        ("[" * 5000, "line 2: not valid JSON (nested too deeply)"),
     ],
 )
 def test_malformed_row_names_file_line_and_problem(tmp_path, line, message):
@@ -104,6 +107,10 @@ def test_unknown_format_and_files(tmp_path):
     bad.write_text("[{")
     with pytest.raises(DataError, match="d.json: not valid JSON"):
         list(iter_rows(str(bad), "auto", "train"))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 5000)
+    with pytest.raises(DataError, match="deep.json: not valid JSON \\(nested too deeply\\); fix the file"):
+        list(iter_rows(str(deep), "auto", "train"))
     empty = tmp_path / "e.jsonl"
     empty.write_text("")
     with pytest.raises(DataError, match="source 's' has no rows"):
