@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.lock
 	touch $@
 
 run: venv
-	$(BIN)/snakemake --cores $(CORES) all
+	$(BIN)/snakemake all --cores $(CORES)
 
 test: venv
 	$(BIN)/python -m pytest -q

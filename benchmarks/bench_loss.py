@@ -90,7 +90,9 @@ def build(size: Size, device: str, prompt_frac: float, seed: int = 0):
         num_key_value_heads=size.kv_heads, intermediate_size=size.intermediate, vocab_size=size.vocab,
         max_position_embeddings=size.seq, tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).train()
+    with torch.device(device):  # initialise where it runs: a 1B model's fp32 init on the host takes minutes
+        model = LlamaForCausalLM(config)
+    model = model.to(dtype=dtype).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     g = torch.Generator(device="cpu").manual_seed(seed)
     b, t, v = size.batch, size.seq, size.vocab

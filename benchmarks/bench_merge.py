@@ -1,8 +1,8 @@
 """Benchmark: fusepipe's streaming merge against mergekit's `mergekit-yaml`, same method, same inputs.
 
 For each input set (the tests' toy Llama and a larger random-weight Llama of a few hundred MB, both
-fp32, pivot + 2 targets) and each method, both tools run as fresh processes, alternating, `--repeats`
-times. Printed: medians of wall time (process start to exit, imports included) and of peak RSS (the
+fp32, pivot + 2 targets whose norm weights have tiny deltas, under mergekit's SCE weight guard) and each
+method, both tools run as fresh processes, alternating, `--repeats` times. Printed: medians of wall time (process start to exit, imports included) and of peak RSS (the
 child's own VmHWM, mapped file pages included), their ratios, whether the outputs agree (rtol 1e-5,
 atol 1e-6), and fusepipe's peak RSS against its bound (K+2) × the largest tensor in fp32 + a constant.
 The constant (runtime, libraries, fixed-size blocks) comes from the same merge on a "probe": the large
@@ -71,13 +71,22 @@ merge(pivot, targets, out, MergeConfig.model_validate(json.loads(params)))
 """
 
 
+NORM_SCALE = 1e-3
+"""Delta scale of the norm weights in every target: Σ_j mean(δ̂_j²) falls under mergekit's SCE weight guard
+(1e-6), as fine-tuning deltas of layernorm weights do; the other tensors get 0.01."""
+INPUTS_VERSION = "2"  # 2: tiny norm-weight deltas (issue 17); a workdir built by an older version is rebuilt
+
+
 def build(folder: Path, size: str) -> tuple[Path, list[Path]]:
-    """pivot (random init) and two targets: pivot + N(0, (0.01·u)²), u ~ U(0.5, 2) per tensor."""
+    """pivot (random init) and two targets: pivot + N(0, (s·u)²), u ~ U(0.5, 2) per tensor, s = 0.01 (norm
+    weights: NORM_SCALE)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     pivot, targets = folder / "pivot", [folder / "t1", folder / "t2"]
-    if all((p / "config.json").exists() for p in (pivot, *targets)):
+    stamp = folder / "inputs-version"
+    if stamp.exists() and stamp.read_text() == INPUTS_VERSION:
         return pivot, targets
+    shutil.rmtree(folder, ignore_errors=True)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SIZES[size]))
     model.save_pretrained(pivot, max_shard_size="200MB")
@@ -87,8 +96,10 @@ def build(folder: Path, size: str) -> tuple[Path, list[Path]]:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 u = 0.5 + 1.5 * torch.rand((), generator=g)
-                p.copy_(state[name] + torch.randn(p.shape, generator=g) * 0.01 * u)
+                scale = NORM_SCALE if "norm" in name else 0.01
+                p.copy_(state[name] + torch.randn(p.shape, generator=g) * scale * u)
         model.save_pretrained(target, max_shard_size="200MB")
+    stamp.write_text(INPUTS_VERSION)
     return pivot, targets
 
 
@@ -105,16 +116,20 @@ def measure(python: str, script: Path, args: list[str], cwd: Path) -> tuple[floa
     return wall, int(hwm[-1].split()[1]) * 1024
 
 
-def compare(a: Path, b: Path) -> tuple[float, int, int]:
-    """Max |a − b|, elements outside rtol 1e-5 / atol 1e-6, total elements."""
+def compare(a: Path, b: Path) -> tuple[float, int, int, float]:
+    """Max |a − b|, elements outside rtol 1e-5 / atol 1e-6, total elements, and max |a − b| over the norm
+    weights (the tensors with tiny deltas)."""
     ca, cb = Checkpoint(a), Checkpoint(b)
-    worst, bad, total = 0.0, 0, 0
+    worst, bad, total, norms = 0.0, 0, 0, 0.0
     for name in ca.order():
         x, y = ca.tensor(name).float(), cb.tensor(name).float()
-        worst = max(worst, float((x - y).abs().max()))
+        diff = float((x - y).abs().max())
+        worst = max(worst, diff)
+        if "norm" in name:
+            norms = max(norms, diff)
         bad += int((~torch.isclose(x, y, rtol=1e-5, atol=1e-6)).sum())
         total += x.numel()
-    return worst, bad, total
+    return worst, bad, total, norms
 
 
 def largest_fp32(pivot: Path) -> int:
@@ -144,7 +159,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; medians of {args.repeats} "
           "runs")  # fmt: skip
     print(f"{'model':6} {'method':16} {'fusepipe s':>10} {'mergekit s':>10} {'speedup':>7} {'fp MiB':>7} "
-          f"{'mk MiB':>7} {'mk/fp':>6} {'bound MiB':>9} {'max |diff|':>10} {'mismatched':>15}")  # fmt: skip
+          f"{'mk MiB':>7} {'mk/fp':>6} {'bound MiB':>9} {'max |diff|':>10} {'mismatched':>15} "
+          f"{'norms |diff|':>12}")  # fmt: skip
     rows, probe = [], {}
     for size in sizes:
         pivot, targets = build(args.workdir / size, size)
@@ -179,8 +195,9 @@ def main() -> None:
                 }
                 if method not in RANDOM:
                     row |= dict(
-                        zip(("max_abs_diff", "mismatched", "elements"), compare(run / "ours", run / "mk"))
-                    )
+                        zip(("max_abs_diff", "mismatched", "elements", "norm_max_abs_diff"),
+                            compare(run / "ours", run / "mk"))
+                    )  # fmt: skip
             print(format_row(row), flush=True)
             rows.append(row)
     (args.workdir / "results.json").write_text(json.dumps(rows, indent=1))
@@ -197,7 +214,7 @@ def format_row(r: dict) -> str:
         line += f"{'':10} {'':7} {r['fusepipe_rss'] / mib:7.0f} {'':7} {'':6} "
     line += f"{r['bound'] / mib:9.0f} " if "bound" in r else f"{'-':>9} "
     if "max_abs_diff" in r:
-        line += f"{r['max_abs_diff']:10.2e} {r['mismatched']:>5}/{r['elements']:<9}"
+        line += f"{r['max_abs_diff']:10.2e} {r['mismatched']:>5}/{r['elements']:<9} {r['norm_max_abs_diff']:12.2e}"
     elif "mergekit_s" in r:
         line += f"{'n/a (random masks)':>26}"
     if "bound" in r and r["fusepipe_rss"] > r["bound"]:

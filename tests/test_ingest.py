@@ -1,13 +1,12 @@
 import json
-from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fusepipe.data.clean import clean, sample_id, split_blocks
+from fusepipe.data.clean import Drops, clean, sample_id, split_blocks
 from fusepipe.data.ingest import detect_format, iter_rows, to_messages
-from fusepipe.data.stage import read_source
+from fusepipe.data.stage import read_source as read_pairs
 from fusepipe.errors import DataError
 
 FILTERS = {"min_turns": 1, "max_turns": None, "min_response_chars": 1}
@@ -20,6 +19,11 @@ RECORDS = {
     "alpaca": {"system": "Be brief.", "instruction": "Hi?", "input": "", "output": "Hello."},
     "orca": {"system_prompt": "Be brief.", "question": "Hi?", "response": "Hello."},
 }
+
+
+def read_source(src, on_bad_row, counts):
+    """The conversations of `read_source` (it returns (row, conversation) pairs)."""
+    return [conv for _, conv in read_pairs(src, on_bad_row, counts)]
 
 
 def source(path, **kw):
@@ -41,27 +45,29 @@ def write(path, records, kind):
 @pytest.mark.parametrize("kind", ["jsonl", "json", "parquet"])
 def test_every_format_from_every_file_loader(tmp_path, fmt, kind):
     path = write(tmp_path / f"d.{kind}", [RECORDS[fmt]] * 2, kind)
-    convs = read_source(source(path), "error", Counter())
+    convs = read_source(source(path), "error", Drops())
     assert convs == [EXPECTED, EXPECTED]
 
 
 def test_alpaca_input_is_appended_to_the_instruction():
     msgs = to_messages({"instruction": "Sum these.", "input": "1 2", "output": "3"}, "alpaca", "x")
     assert msgs == [{"role": "user", "content": "Sum these.\n\n1 2"}, {"role": "assistant", "content": "3"}]
+    with pytest.raises(DataError, match="^x: fields have the wrong type for format 'alpaca'$"):  # not "[1, 2]" text
+        to_messages({"instruction": "Sum these.", "input": [1, 2], "output": "3"}, "alpaca", "x")
 
 
 def test_hf_datasets_loader_on_a_local_folder(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     write(folder / "train.jsonl", [RECORDS["sharegpt"]] * 3, "jsonl")
-    convs = read_source(source(folder), "error", Counter())
+    convs = read_source(source(folder), "error", Drops())
     assert convs == [EXPECTED] * 3
 
 
 def test_json_object_holding_one_array(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps({"data": [RECORDS["orca"]]}))
-    assert read_source(source(path), "error", Counter()) == [EXPECTED]
+    assert read_source(source(path), "error", Drops()) == [EXPECTED]
 
 
 @pytest.mark.parametrize(
@@ -73,16 +79,17 @@ def test_json_object_holding_one_array(tmp_path):
         (json.dumps({"messages": "hello"}), "line 2: fields have the wrong type for format 'messages'"),
         (json.dumps({"messages": [{"role": "user", "content": 3}]}), "line 2: turn 0 content is int, expected text"),
         (json.dumps([1, 2]), "line 2: expected an object, got list"),
+        ("[" * 5000, "line 2: not valid JSON (nested too deeply)"),
     ],
 )
 def test_malformed_row_names_file_line_and_problem(tmp_path, line, message):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(RECORDS["messages"]) + "\n" + line + "\n")
     with pytest.raises(DataError) as err:
-        read_source(source(path), "error", Counter())
+        read_source(source(path), "error", Drops())
     assert f"{path}:{message}" in str(err.value)
     assert "set data.on_bad_row: skip" in str(err.value)
-    counts = Counter()
+    counts = Drops()
     assert read_source(source(path), "skip", counts) == [EXPECTED]
     assert counts["bad_rows"] == 1 and counts["rows_read"] == 2
 
@@ -100,10 +107,14 @@ def test_unknown_format_and_files(tmp_path):
     bad.write_text("[{")
     with pytest.raises(DataError, match="d.json: not valid JSON"):
         list(iter_rows(str(bad), "auto", "train"))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 5000)
+    with pytest.raises(DataError, match="deep.json: not valid JSON \\(nested too deeply\\); fix the file"):
+        list(iter_rows(str(deep), "auto", "train"))
     empty = tmp_path / "e.jsonl"
     empty.write_text("")
     with pytest.raises(DataError, match="source 's' has no rows"):
-        read_source(source(empty), "error", Counter())
+        read_source(source(empty), "error", Drops())
     with pytest.raises(DataError, match="cannot load with datasets.load_dataset"):
         list(iter_rows(str(tmp_path / "no-such-folder"), "hf", "train"))
 
@@ -128,13 +139,13 @@ def a(c):
     ],
 )
 def test_cleaning_drops_with_reason(msgs, reason):
-    counts = Counter()
+    counts = Drops()
     assert clean(msgs, FILTERS, counts) is None
     assert counts[reason] == 1
 
 
 def test_cleaning_trims_trailing_user_and_applies_filters():
-    counts = Counter()
+    counts = Drops()
     assert clean([u(" q "), a("x"), u("more?")], FILTERS, counts) == [u("q"), a("x")]
     assert counts["trailing_user_trimmed"] == 1
     assert clean([u("q"), a("x")], {**FILTERS, "min_turns": 2}, counts) is None and counts["too_few_turns"] == 1
@@ -150,13 +161,13 @@ def test_split_blocks_keeps_whole_exchanges_and_the_system_prompt():
     def n_tokens(msgs):
         return sum(len(m["content"]) for m in msgs)
 
-    counts = Counter()
+    counts = Drops()
     blocks = split_blocks(conv, n_tokens, 40, counts)
     assert all(b[0] == sys_msg and n_tokens(b) <= 40 for b in blocks)
     kept = [m["content"] for b in blocks for m in b[1:] if m["role"] == "user"]
     assert kept == ["q0", "q1", "q2", "q4"]  # exchange 3 alone is longer than 40
     assert counts["exchange_too_long"] == 1 and counts["split_dialogues"] == 1
-    assert split_blocks(conv[:3], n_tokens, 40, Counter()) == [conv[:3]]
+    assert split_blocks(conv[:3], n_tokens, 40, Drops()) == [conv[:3]]
 
 
 def test_sample_id_is_stable_and_content_based():
@@ -179,7 +190,7 @@ def columns_source(path, columns, **kw):
 def test_columns_map_single_turn_tables(tmp_path, kind):
     path = write(tmp_path / f"d.{kind}", [METAMATH] * 2, kind)
     convs = read_source(columns_source(path, {"prompt": "query", "response": "response", "system": None}),
-                        "error", Counter())
+                        "error", Drops())
     assert convs == [QA, QA]
 
 
@@ -230,10 +241,10 @@ def test_columns_bad_row_names_source_column_and_honours_on_bad_row(tmp_path, ro
     path.write_text(json.dumps(METAMATH) + "\n" + json.dumps(row) + "\n")
     src = columns_source(path, {"prompt": "query", "response": "response", "system": None}, name="metamath")
     with pytest.raises(DataError) as err:
-        read_source(src, "error", Counter())
+        read_source(src, "error", Drops())
     assert f"source 'metamath': {path}:{message}" in str(err.value)
     assert "set data.on_bad_row: skip" in str(err.value)
-    counts = Counter()
+    counts = Drops()
     assert read_source(src, "skip", counts) == [QA]
     assert counts["bad_rows"] == 1 and counts["rows_read"] == 2
 
@@ -273,5 +284,5 @@ def test_data_files_picks_files_of_a_dataset_folder(tmp_path):
     folder.mkdir()
     write(folder / "gpt4.jsonl", [RECORDS["sharegpt"]] * 2, "jsonl")
     write(folder / "zh.jsonl", [RECORDS["orca"]] * 5, "jsonl")
-    convs = read_source(source(folder, data_files="gpt4.jsonl"), "error", Counter())
+    convs = read_source(source(folder, data_files="gpt4.jsonl"), "error", Drops())
     assert convs == [EXPECTED] * 2

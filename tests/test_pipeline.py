@@ -27,6 +27,10 @@ def test_all_builds_the_toy_world_and_the_data(pipeline):
     assert manifest["rows"] == {"train": train.height, "eval": evals.height}
     assert manifest["sources"]["dialogue"]["not_sampled"] == 4  # n_samples: 20 of 24
     assert manifest["sources"]["dialogue"]["split_dialogues"] > 0  # max_len 96 splits long dialogues
+    for name, counts in manifest["sources"].items():  # every run records what was read, kept and dropped, and where
+        first = manifest["first_rows"][name]
+        assert counts["rows_read"] > 0 and counts["kept"] > 0 and set(first) <= set(counts)
+        assert all(where.startswith(f"results/toy/data/{name}.") for where in first.values())
     assert manifest["pivot_tokens"]["max"] <= 96
     assert "summary" not in manifest and "fusepipe: results" in (pipeline / "first_run.log").read_text()
 

@@ -82,7 +82,14 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
             console.print_json(json.dumps({k: v for k, v in manifest.items() if k != "config"}, default=str))
         return
     if path.name == MANIFEST or path.suffix == ".json":
-        console.print_json(path.read_text())
+        text = path.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise ArtifactError(f"{path}: not valid JSON; rerun the stage that wrote it") from None
+        if isinstance(data, dict) and data.get("stage") == "data":
+            inspect_data_counts(data)
+        console.print_json(text)
         return
     if path.suffix == ".jsonl":
         lines = path.read_text().splitlines()
@@ -91,6 +98,22 @@ def inspect_path(path: str | Path, sample_id: str | None = None, n_rows: int = 5
             console.print(_short(json.loads(line), 200))
         return
     raise ArtifactError(f"{path}: don't know how to inspect a {path.suffix or 'suffix-less'} file")
+
+
+def inspect_data_counts(manifest: dict) -> None:
+    """The data stage's counts: per source, rows read, kept, and each drop reason with the first row it counted."""
+    from fusepipe.data.clean import INFO
+
+    table = Table(title="data: per source, rows read, kept and dropped by reason", header_style="bold")
+    for col in ("source", "count", "n", "first row"):
+        table.add_column(col, overflow="fold")
+    first = manifest.get("first_rows", {})
+    for name, counts in manifest.get("sources", {}).items():
+        keys = [k for k in INFO if k in counts] + [k for k in counts if k not in INFO]
+        for i, key in enumerate(keys):
+            table.add_row(name if i == 0 else "", key, str(counts[key]), first.get(name, {}).get(key, ""))
+        table.add_section()
+    console.print(table)
 
 
 def inspect_aligned(path: Path, sample_id: str | None, n_positions: int) -> None:

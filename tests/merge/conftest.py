@@ -33,14 +33,18 @@ def make_pivot(path: Path, seed: int = 0, **overrides) -> Path:
     return path
 
 
-def make_target(pivot: Path, path: Path, seed: int, scale: float = 0.01, rows: int | None = None) -> Path:
-    """pivot + N(0, (scale·u)²) per tensor, u ~ U(0.5, 2) per tensor; `rows` resizes the vocabulary."""
+def make_target(
+    pivot: Path, path: Path, seed: int, scale: float = 0.01, rows: int | None = None, norm_scale: float | None = None
+) -> Path:
+    """pivot + N(0, (scale·u)²) per tensor, u ~ U(0.5, 2) per tensor; `rows` resizes the vocabulary;
+    `norm_scale` replaces `scale` for the norm weights (tiny deltas: under mergekit's SCE weight guard)."""
     model = AutoModelForCausalLM.from_pretrained(pivot)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             u = 0.5 + 1.5 * torch.rand((), generator=g)
-            p.add_(torch.randn(p.shape, generator=g) * scale * u)
+            s = norm_scale if norm_scale is not None and "norm" in name else scale
+            p.add_(torch.randn(p.shape, generator=g) * s * u)
         if rows is not None:
             model.resize_token_embeddings(rows, mean_resizing=False)
     model.save_pretrained(path)
@@ -52,12 +56,15 @@ def make_target(pivot: Path, path: Path, seed: int, scale: float = 0.01, rows: i
 
 @pytest.fixture(scope="session")
 def toy_ckpts(tmp_path_factory) -> dict[str, Path]:
-    """pivot, targets t1..t3 (noise 0.01), t_big (vocab 310 rows)."""
+    """pivot, targets t1..t3 (noise 0.01), t_big (vocab 310 rows), n1/n2 (noise 0.01, norm weights 1e-3:
+    every target's norm deltas fall under mergekit's SCE weight guard)."""
     root = tmp_path_factory.mktemp("toy_ckpts")
     pivot = make_pivot(root / "pivot")
     out = {"pivot": pivot, "root": root}
     for i in (1, 2, 3):
         out[f"t{i}"] = make_target(pivot, root / f"t{i}", seed=i)
+    for i in (1, 2):
+        out[f"n{i}"] = make_target(pivot, root / f"n{i}", seed=10 + i, norm_scale=1e-3)
     out["t_big"] = make_target(pivot, root / "t_big", seed=7, rows=310)
     return out
 

@@ -31,21 +31,32 @@ def erase_mean(x: torch.Tensor, w: torch.Tensor, elect_on: torch.Tensor | None =
     return torch.where(den > 0, (we * x).sum(0) / torch.where(den > 0, den, 1.0), 0.0)
 
 
-def coefficients(x: torch.Tensor) -> torch.Tensor:
+def coefficients(x: torch.Tensor, guard: float = 0.0) -> torch.Tensor:
+    """η_j ∝ Σ x_j²; uniform when the sum is 0 or the sum of per-model means of squares is below `guard`."""
     sq = x.square().flatten(1).sum(1)
-    return sq / sq.sum() if sq.sum() > 0 else torch.full_like(sq, 1 / len(sq))
+    uniform = sq.sum() == 0 or float(sq.sum()) / x[0].numel() < guard
+    return torch.full_like(sq, 1 / len(sq)) if uniform else sq / sq.sum()
 
 
 def sce(b, d, tau, semantics):
+    """fusechat: mask only in η, no selection when ⌊τ·nnz⌋ = 0. mergekit (0.1.5): δ⊙m everywhere, an
+    all-zero mask when ⌊τ·nnz⌋ = 0, the 1e-6 guard on Σ_j mean(δ̂_j²), the denominator clamped at 1e-6."""
+    mergekit = semantics == "mergekit"
     mask = torch.ones(b.shape, dtype=torch.bool)
     if tau < 1:
         var = torch.var(d, dim=0, unbiased=False)
         k = int(torch.count_nonzero(var) * tau)
         if k > 0:
             mask = top_k(var, k)
-    eta = coefficients(d * mask)
-    x = d * mask if semantics == "mergekit" else d
-    return b + erase_mean(x, eta), eta
+        elif mergekit:
+            mask = torch.zeros(b.shape, dtype=torch.bool)
+    eta = coefficients(d * mask, 1e-6 if mergekit else 0.0)
+    if not mergekit:
+        return b + erase_mean(d, eta), eta
+    x = d * mask
+    majority = torch.where(x.sum(0) >= 0, 1.0, -1.0)
+    we = (x.sign() == majority).float() * _col(eta, x)
+    return b + (we * x).sum(0) / we.sum(0).clamp(min=1e-6), eta
 
 
 def skewness(r: torch.Tensor) -> torch.Tensor:
@@ -125,7 +136,7 @@ def slerp(v0, v1, t, dot_threshold=0.9995, eps=1e-8):
 
 
 def mergekit_sce(tensors: list[torch.Tensor], base_tensor: torch.Tensor, select_topk: float) -> torch.Tensor:
-    """arcee-ai/mergekit mergekit/merge_methods/sce.py `sce_merge` @ a6e4028 (with `sce_weight`,
+    """mergekit 0.1.5 (PyPI) mergekit/merge_methods/sce.py `sce_merge` (with `sce_weight`,
     `sce_mask` and generalized_task_arithmetic.py `get_mask(method="sum")`), int8_mask=False."""
     mask_dtype = base_tensor.dtype
     task_vectors = torch.stack([t - base_tensor for t in tensors], dim=0)
@@ -143,7 +154,7 @@ def mergekit_sce(tensors: list[torch.Tensor], base_tensor: torch.Tensor, select_
 
 
 def _mergekit_sce_weight(tvs):
-    weights = torch.mean(tvs**2, dim=list(range(1, tvs.dim())))
+    weights = tvs.square().reshape(tvs.shape[0], -1).mean(dim=1)
     weight_sum = torch.sum(weights).item()
     if abs(weight_sum) < 1e-6:
         return torch.ones_like(weights) / weights.shape[0]
@@ -151,15 +162,16 @@ def _mergekit_sce_weight(tvs):
 
 
 def _mergekit_sce_mask(tvs, density, mask_dtype):
+    # 0.1.5: the early exits return a mask without the model axis (a6e4028 kept it: wrong-rank output, PR #700)
     if density <= 0:
-        return torch.zeros_like(tvs, dtype=mask_dtype)
+        return torch.zeros_like(tvs[0], dtype=mask_dtype)
     if density >= 1:
-        return torch.ones_like(tvs, dtype=mask_dtype)
+        return torch.ones_like(tvs[0], dtype=mask_dtype)
     var = torch.var(tvs, dim=0, unbiased=False)
     nonzero = torch.count_nonzero(var)
     k = int(nonzero * density)
     if k == 0:
-        return torch.zeros_like(tvs, dtype=mask_dtype)  # the early exit PR #700 fixes: keeps the model axis
+        return torch.zeros_like(var, dtype=mask_dtype)
     _, indices = torch.topk(var.abs().view(-1), k=k, largest=True)
     mask = torch.zeros_like(var, dtype=mask_dtype)
     mask.view(-1)[indices] = 1

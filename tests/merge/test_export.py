@@ -34,6 +34,7 @@ def test_sce():
     assert "uniform weights when sum_j mean(delta_j^2) < 1e-6" in text
     _, text = exported({"method": "sce", "sce": {"semantics": "mergekit"}, "dtype": "bfloat16"})
     assert "semantics differ" not in text and "out_dtype: bfloat16" in text
+    assert "1e-6" not in text and "no element varies" not in text  # mergekit semantics: mergekit's own rules
 
 
 def test_ties_dare_task_arithmetic_linear():
@@ -69,9 +70,13 @@ MERGEKIT = os.environ.get("MERGEKIT_YAML") or shutil.which("mergekit-yaml")
 
 
 @pytest.mark.skipif(not MERGEKIT, reason="mergekit not installed: set MERGEKIT_YAML=/path/to/mergekit-yaml")
-def test_mergekit_sce_equals_semantics_mergekit(toy_ckpts, tmp_path):
-    params = {"method": "sce", "sce": {"tau": 0.1, "semantics": "mergekit"}}
-    targets = [toy_ckpts["t1"], toy_ckpts["t2"]]
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+@pytest.mark.parametrize("pair", [("t1", "t2"), ("n1", "n2")])
+def test_mergekit_sce_equals_semantics_mergekit(toy_ckpts, tmp_path, pair, tau):
+    """mergekit 0.1.5's own `sce` on the exported YAML; n1/n2: norm weights with tiny deltas in every target
+    (Σ_j mean(δ̂_j²) < 1e-6: mergekit's uniform weights)."""
+    params = {"method": "sce", "sce": {"tau": tau, "semantics": "mergekit"}}
+    targets = [toy_ckpts[t] for t in pair]
     (tmp_path / "sce.yml").write_text(export_mergekit(params, toy_ckpts["pivot"], targets))
     subprocess.run([MERGEKIT, "sce.yml", "mk", "--quiet", "--no-write-model-card"], cwd=tmp_path, check=True,
                    capture_output=True)  # fmt: skip

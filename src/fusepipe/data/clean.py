@@ -1,6 +1,8 @@
 """Clean normalised conversations and split long dialogues into blocks that fit the pivot's context.
 
-Cleaning (each drop counted by reason in the manifest):
+Counts live in a `Drops` (a Counter that also remembers the first row each reason counted, for the manifest and
+for the error when a source keeps nothing). Reading drops bad rows (`fusepipe.data.ingest`: `bad_rows`,
+`bad_encoding`, `control_char`) under `data.on_bad_row: skip`. Cleaning (each drop counted by reason):
 - `empty_turn`:          a turn whose content is only whitespace
 - `misplaced_system`:    a system message anywhere but first
 - `starts_with_assistant`, `non_alternating`: the turns after the system message must go user, assistant, ...
@@ -18,6 +20,33 @@ import hashlib
 import json
 from collections import Counter
 
+INFO = ("rows_read", "kept", "trailing_user_trimmed", "split_dialogues", "blocks_from_splits")
+"""Count keys that drop nothing; every other key of a source's counts is a reason rows (or exchanges) were dropped."""
+
+
+class Drops(Counter):
+    """Counts by reason, and `first[reason]`: the first row ("file:line N") that reason counted."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first: dict[str, str] = {}
+
+    def note(self, reason: str, where: str | None) -> None:
+        self[reason] += 1
+        if where is not None:
+            self.first.setdefault(reason, where)
+
+    def dropped(self) -> dict[str, int]:
+        """The drop reasons with their counts (INFO keys left out), sorted by reason."""
+        return {r: n for r, n in sorted(self.items()) if r not in INFO and n}
+
+    def summary(self) -> str:
+        """One line: rows read, kept, and each drop reason's count with its first row."""
+        drops = [f"{r} {n}" + (f" (first: {self.first[r]})" if r in self.first else "")
+                 for r, n in self.dropped().items()]
+        return (f"read {self['rows_read']} rows, kept {self['kept']} conversations; dropped: "
+                + (", ".join(drops) or "nothing"))
+
 
 def sample_id(messages: list[dict]) -> str:
     """Stable id: sha256 of the canonical JSON of the normalised messages (first 16 hex digits)."""
@@ -25,42 +54,46 @@ def sample_id(messages: list[dict]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-def clean(messages: list[dict], filters: dict, counts: Counter) -> list[dict] | None:
-    """The cleaned conversation, or None with the reason counted in `counts`."""
+def clean(messages: list[dict], filters: dict, counts: Drops, where: str | None = None) -> list[dict] | None:
+    """The cleaned conversation, or None with the reason counted in `counts` (`where`: the row, remembered as
+    the reason's first row)."""
+    reason, conv = _clean(messages, filters)
+    if reason is not None:
+        counts.note(reason, where)
+    if conv is not None and len(conv) < len(messages):
+        counts.note("trailing_user_trimmed", where)
+    return conv
+
+
+def _clean(messages: list[dict], filters: dict) -> tuple[str | None, list[dict] | None]:
+    """(drop reason, None) or (None, the cleaned conversation)."""
     msgs = [{"role": m["role"], "content": m["content"].strip()} for m in messages]
     if any(not m["content"] for m in msgs):
-        counts["empty_turn"] += 1
-        return None
+        return "empty_turn", None
     system, turns = (msgs[:1], msgs[1:]) if msgs and msgs[0]["role"] == "system" else ([], msgs)
     if any(m["role"] == "system" for m in turns):
-        counts["misplaced_system"] += 1
-        return None
+        return "misplaced_system", None
     if turns and turns[0]["role"] != "user":
-        counts["starts_with_assistant"] += 1
-        return None
+        return "starts_with_assistant", None
     if any(m["role"] != ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(turns)):
-        counts["non_alternating"] += 1
-        return None
+        return "non_alternating", None
     if turns and turns[-1]["role"] == "user":
-        turns = turns[:-1]
-        counts["trailing_user_trimmed"] += 1
+        turns = turns[:-1]  # counted as trailing_user_trimmed if the conversation is kept
     n_answers = len(turns) // 2
     if n_answers == 0:
-        counts["no_assistant_turn"] += 1
-        return None
+        return "no_assistant_turn", None
     if n_answers < filters["min_turns"]:
-        counts["too_few_turns"] += 1
-        return None
+        return "too_few_turns", None
     if filters["max_turns"] is not None and n_answers > filters["max_turns"]:
-        counts["too_many_turns"] += 1
-        return None
+        return "too_many_turns", None
     if len(turns[-1]["content"]) < filters["min_response_chars"]:
-        counts["short_response"] += 1
-        return None
-    return system + turns
+        return "short_response", None
+    return None, system + turns
 
 
-def split_blocks(messages: list[dict], n_tokens, max_len: int, counts: Counter) -> list[list[dict]]:
+def split_blocks(
+    messages: list[dict], n_tokens, max_len: int, counts: Drops, where: str | None = None
+) -> list[list[dict]]:
     """Greedy blocks of whole exchanges with at most `max_len` tokens each, as counted by `n_tokens(msgs)`."""
     if n_tokens(messages) <= max_len:
         return [messages]
@@ -76,7 +109,7 @@ def split_blocks(messages: list[dict], n_tokens, max_len: int, counts: Counter) 
         if current:
             blocks.append(system + current)
         if n_tokens(system + ex) > max_len:
-            counts["exchange_too_long"] += 1
+            counts.note("exchange_too_long", where)
             current = []
         else:
             current = list(ex)

@@ -1,21 +1,22 @@
 """`data` stage: ingest the mixture, normalise, clean, dedupe, sample, split long dialogues, train/eval split.
 
 Writes `data/train.parquet` and `data/eval.parquet` (schema `fusepipe.schemas.CONVERSATION`) and
-`data/_manifest.json` with what was read, dropped (by reason) and written.
+`data/_manifest.json` with what was read, dropped (by reason) and written: `sources` (per source, the counts
+by reason), `first_rows` (per source and reason, the first row it counted, "file:line N"). A source that keeps
+no conversation fails the stage with those counts and rows in one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from fusepipe.artifacts import Manifest, write_parquet
-from fusepipe.data.clean import clean, sample_id, split_blocks
+from fusepipe.data.clean import Drops, clean, sample_id, split_blocks
 from fusepipe.data.ingest import detect_format, iter_rows, to_messages
 from fusepipe.errors import DataError
 from fusepipe.models import load_tokenizer
@@ -31,10 +32,11 @@ def _unit(*key: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def read_source(src: dict[str, Any], on_bad_row: str, counts: Counter) -> list[list[dict]]:
-    """Parse and clean one source; malformed rows raise (default) or are counted (`on_bad_row: skip`)."""
+def read_source(src: dict[str, Any], on_bad_row: str, counts: Drops) -> list[tuple[str, list[dict]]]:
+    """Parse and clean one source: (row, conversation) pairs. Malformed rows raise (default) or are counted
+    by reason (`on_bad_row: skip`)."""
     fmt, columns = src["format"], src.get("columns")
-    rows = iter_rows(src["path"], src["loader"], src["split"], src.get("data_files"))
+    rows = iter_rows(src["path"], src["loader"], src["split"], src.get("data_files"), src.get("encoding", "utf-8"))
     out = []
     for row in track(rows, f"reading {src['name']}", unit="rows"):
         counts["rows_read"] += 1
@@ -46,12 +48,12 @@ def read_source(src: dict[str, Any], on_bad_row: str, counts: Counter) -> list[l
             if on_bad_row == "error":
                 raise DataError(f"source {src['name']!r}: {err} (set data.on_bad_row: skip to skip and count such "
                                 "rows)") from None
-            counts["bad_rows"] += 1
+            counts.note(getattr(err, "reason", "bad_rows"), row.where)
             log.debug("skipped %s", err)
             continue
-        cleaned = clean(msgs, src["filters"], counts)
+        cleaned = clean(msgs, src["filters"], counts, row.where)
         if cleaned is not None:
-            out.append(cleaned)
+            out.append((row.where, cleaned))
     if counts["rows_read"] == 0:
         raise DataError(f"{src['path']}: source {src['name']!r} has no rows")
     return out
@@ -68,42 +70,44 @@ def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     seen: set[str] = set()
-    per_source: dict[str, dict[str, int]] = {}
+    per_source: dict[str, Drops] = {}
     rows: list[dict[str, Any]] = []
     n_tok: list[int] = []
     for src in cfg["sources"]:
-        counts: Counter = Counter()
+        counts = Drops()
         with manifest.phase(f"read:{src['name']}"):
             convs = read_source(src, cfg["on_bad_row"], counts)
         unique = []
-        for conv in convs:
+        for where, conv in convs:
             sid = sample_id(conv)
             if cfg["dedupe"] and sid in seen:
-                counts["duplicates"] += 1
+                counts.note("duplicates", where)
                 continue
             seen.add(sid)
-            unique.append((sid, conv))
+            unique.append((sid, where, conv))
         if src["n_samples"] is not None and src["n_samples"] < len(unique):
             unique.sort(key=lambda t: _unit(cfg["seed"], src["name"], t[0]))
             counts["not_sampled"] += len(unique) - src["n_samples"]
             unique = unique[: src["n_samples"]]
         with manifest.phase(f"split:{src['name']}"):
-            for parent, conv in track(unique, f"splitting {src['name']}", unit="convs"):
+            for parent, where, conv in track(unique, f"splitting {src['name']}", unit="convs"):
                 split = "eval" if _unit(cfg["seed"], "split", parent) < cfg["eval_fraction"] else "train"
-                for block in split_blocks(conv, n_tokens, cfg["max_len"], counts):
+                for block in split_blocks(conv, n_tokens, cfg["max_len"], counts, where):
                     sid = sample_id(block)
                     if block is not conv and sid in seen:
-                        counts["duplicates"] += 1
+                        counts.note("duplicates", where)
                         continue
                     seen.add(sid)
                     rows.append({"sample_id": sid, "messages": block, "source": src["name"], "split": split})
                     n_tok.append(n_tokens(block))
         counts["kept"] = sum(r["source"] == src["name"] for r in rows)
-        per_source[src["name"]] = dict(sorted(counts.items()))
-        log.info("%s: read %d rows, kept %d conversations", src["name"], counts["rows_read"], counts["kept"])
+        per_source[src["name"]] = counts
+        log.info("%s: %s", src["name"], counts.summary())
 
-    if not rows:
-        raise DataError("no conversation survived cleaning; see the per-source counts with --debug")
+    empty = [f"source {name!r}: {counts.summary()}" for name, counts in per_source.items() if not counts["kept"]]
+    if empty:
+        raise DataError(f"no conversation survived cleaning in {len(empty)} source(s): {'; '.join(empty)}; fix those "
+                        "rows, or the source's `format:` or `filters:`, or remove the source")
     outputs = {}
     for split in ("train", "eval"):
         part = [r for r in rows if r["split"] == split]
@@ -111,7 +115,8 @@ def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
         write_parquet(pa.Table.from_pylist(part, schema=CONVERSATION), path, CONVERSATION)
         outputs[split] = path
         log.info("wrote %s (%d conversations)", path, len(part))
-    manifest["sources"] = per_source
+    manifest["sources"] = {name: dict(sorted(counts.items())) for name, counts in per_source.items()}
+    manifest["first_rows"] = {name: dict(sorted(counts.first.items())) for name, counts in per_source.items()}
     manifest["rows"] = {s: sum(r["split"] == s for r in rows) for s in ("train", "eval")}
     manifest["pivot_tokens"] = {"mean": round(sum(n_tok) / len(n_tok), 1), "max": max(n_tok), "total": sum(n_tok)}
     manifest.write(out, outputs)

@@ -28,19 +28,20 @@ def export_mergekit(
     weights = getattr(p, "weights", None) or [1.0] * len(targets)
     if config.method == "sce":
         doc = _doc("sce", pivot, [{"model": t} for t in targets], {"select_topk": p.tau})
-        if p.semantics == "fusechat":
+        if p.semantics == "fusechat":  # `semantics: mergekit` follows mergekit rule for rule: no notes
             notes.append(
                 "semantics differ: mergekit applies the selection mask to the deltas (fusepipe "
                 "`semantics: mergekit`); FuseChat's mask only shapes the coefficients"
             )
-        notes.append(
-            "mergekit falls back to uniform weights when sum_j mean(delta_j^2) < 1e-6, "
-            "fusepipe only when it is exactly 0"
-        )
-        notes.append(
-            "where no element varies across targets (one target, identical or untouched tensors) "
-            "mergekit keeps the pivot's tensor, fusepipe merges without selection (K=1: the target)"
-        )
+            notes.append(
+                "mergekit falls back to uniform weights when sum_j mean(delta_j^2) < 1e-6, "
+                "fusepipe's fusechat semantics only when it is exactly 0"
+            )
+            notes.append(
+                "where no element varies across targets (one target, identical or untouched tensors) "
+                "mergekit keeps the pivot's tensor, fusepipe's fusechat semantics merges without selection "
+                "(K=1: the target)"
+            )
     elif config.method == "ties":
         models = [
             {"model": t, "parameters": {"weight": w, "density": p.density}} for t, w in zip(targets, weights)

@@ -155,19 +155,31 @@ def erase(
     return num.mul_(gamma), den
 
 
-def erase_mean(x: torch.Tensor, w: list[float], weighted_election: bool = False) -> torch.Tensor:
-    """Disjoint mean Σ_j w_j e_j x_j / Σ_j w_j e_j (TIES Eq. "disjoint merge"), 0 where no model agrees."""
+def erase_mean(
+    x: torch.Tensor, w: list[float], weighted_election: bool = False, floor: float = TINY
+) -> torch.Tensor:
+    """Disjoint mean Σ_j w_j e_j x_j / max(Σ_j w_j e_j, floor) (TIES Eq. "disjoint merge"), 0 where no
+    model agrees. mergekit's `sce` divides by max(·, 1e-6)."""
     num, den = erase(x, w, weighted_election)
-    return num.div_(den.clamp_(min=TINY))
+    return num.div_(den.clamp_(min=floor))
 
 
-def coefficients(sq_sums: list[float]) -> list[float]:
-    """η_j = Σ δ̂_j² / Σ_j Σ δ̂_j² (FuseChat Eq. 7); uniform 1/K only when the sum is exactly zero.
+MERGEKIT_GUARD = 1e-6
+"""mergekit 0.1.5 `sce`: uniform weights when Σ_j mean(δ̂_j²) < 1e-6 (`sce_weight`), and its merge
+divides by max(Σ_j η_j e_j, 1e-6)."""
 
-    mergekit's `sce_weight` falls back to uniform when the sum of per-model MEANS of squares is below
-    1e-6, i.e. whenever RMS(δ̂) ≲ 1e-3/√K, which is typical of fine-tuning deltas after selection."""
+
+def coefficients(sq_sums: list[float], n: int = 1, guard: float = 0.0) -> list[float]:
+    """η_j = Σ δ̂_j² / Σ_j Σ δ̂_j² (FuseChat Eq. 7); uniform 1/K when Σ_j Σ δ̂_j² / n ≤ 0 (the default:
+    only an exact zero) or < `guard`.
+
+    mergekit's `sce_weight` falls back to uniform when the sum of per-model MEANS of squares (n
+    elements) is below 1e-6, i.e. whenever RMS(δ̂) ≲ 1e-3/√K, typical of fine-tuning deltas after
+    selection: `semantics: mergekit` passes guard=MERGEKIT_GUARD, `fusechat` keeps FuseChat's exact zero."""
     total = sum(sq_sums)
-    return [1.0 / len(sq_sums)] * len(sq_sums) if total == 0.0 else [x / total for x in sq_sums]
+    if total == 0.0 or total / n < guard:
+        return [1.0 / len(sq_sums)] * len(sq_sums)
+    return [x / total for x in sq_sums]
 
 
 def fp32_k(n: int, ratio: float) -> int:
@@ -283,10 +295,15 @@ def sce(
     """SCE (FuseChat Algorithm 1). Select (Eq. 6): mask m = top ⌊τ·nnz(var)⌋ elements by
     var_j(δ_j); Calculate (Eq. 7): η_j = Σ(δ_j⊙m)² / Σ_jΣ(δ_j⊙m)²; Erase (Eq. 8): keep δ_j where its
     sign equals sign(Σ_j δ_j); Merge (Eq. 9, as both codes do): θ + Σ_j η_j e_j δ_j / Σ_j η_j e_j.
-    `semantics` says whether erase/merge see δ (fusechat) or δ⊙m (mergekit). No element with nonzero
-    variance (K = 1, identical or zero deltas) → no selection, so K = 1 returns the target."""
+    `semantics` says whether erase/merge see δ (fusechat) or δ⊙m (mergekit).
+
+    fusechat: no element with nonzero variance (K = 1, identical or zero deltas) or ⌊τ·nnz⌋ = 0 → no
+    selection, so K = 1 returns the target; uniform η only when Σ(δ⊙m)² = 0.
+    mergekit (0.1.5's `sce`, rule for rule): ⌊τ·nnz⌋ = 0 → an all-zero mask, i.e. the pivot's tensor
+    (K = 1 with τ < 1 included); uniform η when Σ_j mean(δ̂_j²) < 1e-6; denominator max(Σ_j η_j e_j, 1e-6)."""
     b, d, out = _flat(base, deltas, out)
     n = b.numel()
+    mergekit = p.semantics == "mergekit"
     var_key: KeyFn = lambda s: out[s][None]
     topk, k = None, n
     if p.tau < 1:
@@ -295,12 +312,17 @@ def sce(
         k = fp32_k(int(torch.count_nonzero(out)), p.tau)
         if k > 0:
             topk = TopK.select(var_key, n, [k])
-    eta = coefficients(_sq_sums(d, n, topk, var_key))
-    masked = topk is not None and p.semantics == "mergekit"
+        elif mergekit:  # sce_mask: k == 0 → zeros; every δ̂_j = 0, the merge adds nothing
+            out.copy_(b)
+            return Merged(out.view(base.shape), {"coefficients": [1.0 / len(d)] * len(d), "selected": 0.0})
+    guard = MERGEKIT_GUARD if mergekit else 0.0
+    eta = coefficients(_sq_sums(d, n, topk, var_key), n, guard)
+    masked = topk is not None and mergekit
     masks = topk.masks(var_key, n) if masked else ((s, None) for s in blocks(n))
+    floor = MERGEKIT_GUARD if mergekit else TINY
     for s, mask in masks:
         x = d[:, s] * mask if masked else d[:, s]
-        torch.add(b[s], erase_mean(x, eta), out=out[s])
+        torch.add(b[s], erase_mean(x, eta, floor=floor), out=out[s])
     selected = k / n if topk is not None else 1.0
     return Merged(out.view(base.shape), {"coefficients": eta, "selected": selected})
 

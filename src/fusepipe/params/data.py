@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -54,11 +55,24 @@ class DataSource(Strict):
         + "; ".join(f"{k}: {v}" for k, v in COLUMN_KEYS.items()) + "."
     )
     split: str = Field(default="train", description="Split name for `datasets.load_dataset`.")
+    encoding: str = Field(
+        default="utf-8", description="Text encoding of a JSONL/JSON file (any Python codec, e.g. latin-1, cp1252, "
+        "utf-16); an undecodable line is a bad row (`data.on_bad_row`)."
+    )
     data_files: str | list[str] | None = Field(
         default=None, description="`datasets.load_dataset(data_files=...)`: which files of a hub dataset to read."
     )
     n_samples: int | None = Field(default=None, ge=1, description="Sample this many (seeded), None = all.")
     filters: DataFilters = DataFilters()
+
+    @model_validator(mode="after")
+    def _known_encoding(self) -> DataSource:
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"data source {self.name!r}: unknown encoding {self.encoding!r}; use a Python codec "
+                             "name such as utf-8, latin-1, cp1252 or utf-16") from None
+        return self
 
     @model_validator(mode="after")
     def _columns_with_format(self) -> DataSource:

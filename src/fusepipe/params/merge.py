@@ -34,7 +34,8 @@ class SceParams(Params):
     semantics: Literal["fusechat", "mergekit"] = Field(
         default="fusechat",
         description="fusechat: the selection mask only feeds the coefficients, erase/merge use full deltas "
-        "(FuseChat's sce_merging.py); mergekit: the mask is applied to the deltas (mergekit's `sce`).",
+        "(FuseChat's sce_merging.py); mergekit: mergekit 0.1.5's `sce` rule for rule (the mask applied to the "
+        "deltas, uniform weights under its 1e-6 guard, the pivot's tensor where nothing is selected).",
     )
 
 
