@@ -67,16 +67,11 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
-@pytest.fixture(scope="session")
-def outside(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cwd")
-
-
 @pytest.fixture(autouse=True)
-def _run_outside_the_checkout(outside, monkeypatch):
-    """Every test runs in an empty folder: a relative path (the config's `workdir: results`, a model path under it)
-    never reaches whatever `make run` left in the checkout."""
-    monkeypatch.chdir(outside)
+def _run_outside_the_checkout(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty folder of its own: a relative path (the config's `workdir: results`, a model
+    path under it, `config/config.yaml`) never reaches whatever `make run` left in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +87,9 @@ def pipeline(tmp_path_factory) -> Path:
         return Path(reuse).resolve()
     root = copy_workflow(tmp_path_factory.mktemp("pipeline"))
     seed = os.environ.get("FUSEPIPE_TEST_SEED_RUN")
-    if seed:
+    if seed:  # what the seed run left half-written (it was killed) is redone, never trusted
         copy_run(Path(seed).resolve(), root)
-    proc = snakemake(root, "all")
+    proc = snakemake(root, "all", *(["--rerun-incomplete"] if seed else []))
     (root / "first_run.log").write_text(proc.stdout + proc.stderr)
     return root
 
