@@ -82,7 +82,7 @@ def test_inspect_a_data_shard(pipeline):
     assert "messages: list<element: struct<role: string, content: string>>" in out
     assert f"sample_id {sid}" in out and "assistant" in out and '"stage": "data"' in out
     bad = subprocess.run([sys.executable, "-m", "fusepipe", "inspect", str(path), "--sample-id", "nope"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: {path}: no row with sample_id 'nope'"
 
 
