@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from fusepipe import config as fpconfig
+from fusepipe import pipeline as fppipeline
 from fusepipe.cli import cli
 from fusepipe.data import stage
 from fusepipe.data.ingest import CONTROL_CHAR
@@ -45,7 +45,7 @@ def params(pivot: Path, sources: list[dict], on_bad_row: str = "error", **data) 
     raw = {"data": {"sources": sources, "on_bad_row": on_bad_row, "eval_fraction": 0.0, **data},
            "models": [{"name": "p", "path": str(pivot), "role": "pivot"}, {"name": "s", "path": "s", "role": "source"}],
            "logits": {"modes": ["gt"]}}  # fmt: skip
-    return fpconfig.stage_slice(fpconfig.load_dict(raw), "data")
+    return fppipeline.stage_slice(fppipeline.load_dict(raw), "data")
 
 
 def run_cli(slice_: dict, out: Path):

@@ -58,8 +58,14 @@ def test_every_model_answers_every_training_prompt_once(gen, train, results):
     assert manifest["engine"]["kind"] == "vllm" and manifest["rows"] > 0
 
 
-def test_the_domain_expert_answers_its_domain(gen, train):
-    """The sampled responses carry the toy world's accuracy profile (qwen-arith answers arithmetic)."""
+def test_the_domain_expert_answers_its_domain(gen, train, results):
+    """The sampled responses carry the toy world's accuracy profile: on arithmetic prompts qwen-arith states the
+    result more often than the pivot exactly when the toy world measured it the stronger of the two (test_toy_world
+    checks the profile itself; here only that generate keeps it, whatever the figures are)."""
+    measured = json.loads((results / "toy" / "_manifest.json").read_text())["models"]
+    acc = {m: measured[m]["accuracy"]["arith"] for m in ("qwen-arith", "llama-pivot")}
+    if abs(acc["qwen-arith"] - acc["llama-pivot"]) < 0.3:
+        pytest.skip(f"arithmetic accuracies {acc} too close to order the sampled responses by")
     arith = train.filter(pl.col("source") == "arith").select("sample_id", "messages")
     answers = {r["sample_id"]: r["messages"][-1]["content"] for r in arith.iter_rows(named=True)}
 
@@ -69,7 +75,7 @@ def test_the_domain_expert_answers_its_domain(gen, train):
         return np.mean([re.search(rf"\b{answers[s].rstrip('.').split()[-1]}\b", r) is not None
                         for s, r in rows.select("sample_id", "response").rows()])
 
-    assert hit_rate("qwen-arith") > hit_rate("llama-pivot") + 0.3
+    assert (hit_rate("qwen-arith") > hit_rate("llama-pivot")) == (acc["qwen-arith"] > acc["llama-pivot"]), acc
 
 
 def test_every_rm_scores_every_response(results, gen):

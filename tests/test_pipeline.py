@@ -1,5 +1,6 @@
 """End to end: `snakemake --cores 2 all` on a fresh copy of the default config (the toy world), then what it
-built, that a second run has nothing to do, and that a config edit reruns only what depends on it."""
+built, that a second run has nothing to do, and that a config edit reruns only what depends on it. Every Snakemake
+call here runs on a private copy of the session's pipeline folder (`copy_pipeline`)."""
 
 import json
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import polars as pl
 import pyarrow.parquet as pq
 import yaml
-from conftest import copy_workflow, snakemake
+from conftest import copy_pipeline, copy_workflow, snakemake
 
 from fusepipe.schemas import CONVERSATION, check_schema
 
@@ -32,32 +33,38 @@ def test_all_builds_the_toy_world_and_the_data(pipeline):
         assert counts["rows_read"] > 0 and counts["kept"] > 0 and set(first) <= set(counts)
         assert all(where.startswith(f"results/toy/data/{name}.") for where in first.values())
     assert manifest["pivot_tokens"]["max"] <= 96
-    assert "summary" not in manifest and "fusepipe: results" in (pipeline / "first_run.log").read_text()
+    assert "summary" not in manifest
 
 
-def test_second_run_has_nothing_to_do(pipeline):
-    proc = snakemake(pipeline, "all", "-n")
+def test_second_run_has_nothing_to_do(pipeline, tmp_path):
+    proc = snakemake(copy_pipeline(pipeline, tmp_path), "all", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_run_ends_with_the_summary_and_the_results(pipeline, tmp_path):
+    """`snakemake all` prints what was built and the headline table when it ends (here after redoing the report)."""
+    proc = snakemake(copy_pipeline(pipeline, tmp_path), "all", "--forcerun", "report")
+    out = proc.stdout + proc.stderr
+    assert "rule report:" in out and "fusepipe: results" in out
+    assert "Results (Δ against the pivot), full report: results/report/index.html" in out
+    assert (tmp_path / "results" / "report" / "summary.txt").read_text().strip() in out
+
+
 def test_editing_one_stage_reruns_only_that_stage(pipeline, tmp_path):
-    cfg_path = pipeline / "config" / "config.yaml"
-    original = cfg_path.read_text()
-    try:
-        cfg = yaml.safe_load(original)
-        cfg["data"]["max_len"] = 80
-        cfg_path.write_text(yaml.safe_dump(cfg))
-        changed = snakemake(pipeline, "--list-changes", "params").stdout.split()
-        assert {"results/data/train.parquet", "results/data/eval.parquet"} <= set(changed)
-        # Snakemake 9.27 also prints the last output of every *unchanged* job here (ParamsChange.__or__ returns
-        # its right operand, files included, when the left has no change): for toy_world that is its manifest.
-        # The dry run below is exact.
-        assert not [p for p in changed if p.startswith("results/toy/") and p != "results/toy/_manifest.json"]
-        dry = snakemake(pipeline, "all", "-n").stdout
-        assert "rule data:" in dry and "rule toy_world:" not in dry
-        assert "Params have changed since last execution" in dry
-    finally:
-        cfg_path.write_text(original)
+    root = copy_pipeline(pipeline, tmp_path)
+    cfg_path = root / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["data"]["max_len"] = 80
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    changed = snakemake(root, "--list-changes", "params").stdout.split()
+    assert {"results/data/train.parquet", "results/data/eval.parquet"} <= set(changed)
+    # Snakemake 9.27 also prints the last output of every *unchanged* job here (ParamsChange.__or__ returns
+    # its right operand, files included, when the left has no change): for toy_world that is its manifest.
+    # The dry run below is exact.
+    assert not [p for p in changed if p.startswith("results/toy/") and p != "results/toy/_manifest.json"]
+    dry = snakemake(root, "all", "-n").stdout
+    assert "rule data:" in dry and "rule toy_world:" not in dry
+    assert "Params have changed since last execution" in dry
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -79,12 +86,12 @@ def test_inspect_a_data_shard(pipeline):
     assert "messages: list<element: struct<role: string, content: string>>" in out
     assert f"sample_id {sid}" in out and "assistant" in out and '"stage": "data"' in out
     bad = subprocess.run([sys.executable, "-m", "fusepipe", "inspect", str(path), "--sample-id", "nope"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: {path}: no row with sample_id 'nope'"
 
 
-def test_slurm_profile_plans_the_same_jobs(pipeline):
+def test_slurm_profile_plans_the_same_jobs(pipeline, tmp_path):
     """`snakemake --profile slurm` from the repository root: the profile parses, the executor plugin loads, and
     (nothing being out of date) it plans no job."""
-    proc = snakemake(pipeline, "--profile", "slurm", "all", "-n")
+    proc = snakemake(copy_pipeline(pipeline, tmp_path), "--profile", "slurm", "all", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

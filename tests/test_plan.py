@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import copy_workflow
 
 from fusepipe import ablations, plan
 from fusepipe.cli import cli
@@ -24,22 +25,23 @@ STAGE_OF = {"toy_world": "data", "data": "data", "generate": "generate", "reward
             "evaluate": "evaluate", "eval_results": "evaluate"}
 
 
-def dag_counts(configfile: Path | None) -> dict[str, int]:
-    """Jobs per rule of `snakemake -n all` (a plain dry run, no network)."""
+def dag_counts(configfile: Path | None, root: Path) -> dict[str, int]:
+    """Jobs per rule of `snakemake -n all` (a plain dry run, no network) in `root`, a fresh workflow copy: what a
+    run from scratch would do, whatever the checkout's own results/ holds."""
     cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "all", "--quiet", "rules"]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    out = subprocess.run(cmd, cwd=copy_workflow(root), capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     stats = out.stdout + out.stderr
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats.split("Job stats:")[1], re.MULTILINE)}
 
 
 @pytest.mark.parametrize("configfile", [None, *RECIPES], ids=["toy", *[p.stem for p in RECIPES]])
-def test_jobs_per_stage_equal_the_dag(configfile):
+def test_jobs_per_stage_equal_the_dag(configfile, tmp_path):
     cfg = plan.load(configfile or BASE, BASE if configfile else None)
     est = plan.estimate(cfg)
-    counts = dag_counts(configfile)
+    counts = dag_counts(configfile, tmp_path)
     expected = {s: 0 for s in plan.STAGES}
     for rule, n in counts.items():
         if rule in STAGE_OF:
@@ -50,12 +52,12 @@ def test_jobs_per_stage_equal_the_dag(configfile):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_estimates_are_positive_and_consistent(recipe):
-    est = plan.estimate(plan.load(recipe), plan.Assumptions(gpu="a100"))
+    est = plan.estimate(plan.load(recipe, BASE), plan.Assumptions(gpu="a100"))
     st = est["stages"]
     assert st["train"]["gpu_hours"] > 0 and st["logits"]["gpu_hours"] > 0 and st["align"]["cpu_hours"] > 0
     assert est["total"]["gpu_hours"] == pytest.approx(sum(s["gpu_hours"] for s in st.values()))
     assert 0 < st["train"]["peak_gpu_bytes"] < 80 * plan.GiB  # the recipes' training fits an 80 GB GPU
-    faster = plan.estimate(plan.load(recipe), plan.Assumptions(gpu="h100"))
+    faster = plan.estimate(plan.load(recipe, BASE), plan.Assumptions(gpu="h100"))
     assert faster["stages"]["train"]["gpu_hours"] == pytest.approx(st["train"]["gpu_hours"] * 312 / 989)
 
 
@@ -142,7 +144,7 @@ def test_cli_table_json_and_token_override():
 
 def test_the_small_world_config_changes_the_preset_the_workdir_and_the_epochs_only():
     small = plan.load(REPO / "config" / "small.yaml", BASE)
-    tiny = plan.load(BASE)
+    tiny = plan.load(BASE, None)
     assert (small.toy.preset, small.workdir) == ("small", "results-small")
     same = {"toy", "workdir", "models", "reward_models", "data", "recipes", "ablations"}
     assert small.model_dump(exclude=same) == tiny.model_dump(exclude=same)

@@ -1,9 +1,11 @@
-"""The evaluate stage in the session's `snakemake all` run, and the local lm-eval task on chosen items: a model
-scores 1.0 on the items it answers correctly and 0.0 on those it gets wrong."""
+"""The evaluate stage in the session's `snakemake all` run, and the local lm-eval task on items built from a
+model's own answers: it scores 1.0 on items it answers correctly and 0.0 on those it gets wrong."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 
 import pytest
 
@@ -37,18 +39,42 @@ def test_toy_suite_reproduces_the_toy_worlds_own_accuracy(results):
             assert got[f"toy_{domain}"] == pytest.approx(acc, abs=1 / 30 + 1e-9), (model, domain)
 
 
+def task_scorer(folder, benchmark):
+    """The local task's own scoring function (`process_results` of the task files the stage writes)."""
+    stage.write_toy_tasks(folder, benchmark)
+    spec = importlib.util.spec_from_file_location("fusepipe_toy_task_utils", folder / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    return lambda doc, response: utils.process_results(doc, [response])["acc"]
+
+
 @pytest.mark.parametrize("correct", [True, False])
 def test_local_task_scores_a_model_on_items_it_gets_right_or_wrong(results, cfg, tmp_path, correct):
-    examples = json.loads((results / "eval" / "qwen-arith" / "toy.json").read_text())["examples"]
-    bench = [json.loads(line) for line in (results / "toy" / "data" / "benchmark.jsonl").read_text().splitlines()]
-    chosen = {e["prompt"] for e in examples if e["correct"] == correct and e["domain"] == "arith"}
-    assert chosen
+    """Items built from what qwen-arith answered in the session's evaluate run, whatever it got right: the expected
+    answer taken from its own response (right), or one its response cannot contain (wrong)."""
+    said = {e["prompt"]: e["response"] for e in
+            json.loads((results / "eval" / "qwen-arith" / "toy.json").read_text())["examples"]}
+    benchmark = results / "toy" / "data" / "benchmark.jsonl"
+    bench = [json.loads(line) for line in benchmark.read_text().splitlines() if line.strip()]
+    score = task_scorer(tmp_path / "task", benchmark)
+    items = []
+    for doc in [b for b in bench if b["domain"] == "arith"][:8]:
+        response = said[doc["prompt"]]
+        if correct:  # the first of its words and numbers, from the end, that the task accepts as the answer
+            words = reversed(re.findall(r"-?\d+|[^\W\d_]+", response))
+            answer = next((w for w in words if score({**doc, "answer": w}, response) == 1.0), None)
+        else:
+            answer = doc["answer"] + "404404404"
+        if answer is not None:
+            items.append({**doc, "answer": answer})
+            assert score(items[-1], response) == (1.0 if correct else 0.0)
+    assert items, f"qwen-arith's responses name no answer at all: {list(said.values())[:8]}"
     (tmp_path / "toy" / "data").mkdir(parents=True)
-    (tmp_path / "toy" / "data" / "benchmark.jsonl").write_text(
-        "".join(json.dumps(b) + "\n" for b in bench if b["prompt"] in chosen))
+    (tmp_path / "toy" / "data" / "benchmark.jsonl").write_text("".join(json.dumps(b) + "\n" for b in items))
     params = fppipeline.stage_slice(cfg, "evaluate", "qwen-arith/toy")
-    got = stage.run_toy(params, tmp_path)["metrics"]
-    assert got["toy_arith"] == (1.0 if correct else 0.0)
+    got = stage.run_toy(params, tmp_path)
+    assert {e["prompt"]: e["response"] for e in got["examples"]} == {b["prompt"]: said[b["prompt"]] for b in items}
+    assert got["metrics"]["toy_arith"] == (1.0 if correct else 0.0)
 
 
 def test_the_pivot_wins_half_against_itself_and_others_are_judged_on_the_same_prompts(results):

@@ -68,10 +68,27 @@ def test_naive_keeps_every_source_as_its_own_row(cfg, tmp_path):
 
 
 def test_per_byte_mince_changes_the_choice_against_the_finer_tokenizer(cfg, tmp_path):
-    """qwen's byte-level BPE cuts the toy texts into more tokens than the pivot's: per token its CE looks lower."""
-    _, per_token = fuse(cfg, tmp_path, "fusechat/qwen-arith")
-    _, per_byte = fuse(cfg, tmp_path, "bytes/qwen-arith")
-    assert per_byte["chosen"]["gt"].get(PIVOT, 0) > per_token["chosen"]["gt"].get(PIVOT, 0)
+    """MinCE picks the lower CE per sample, per token (the paper) or per byte: the choices are exactly a recount from
+    the two logits shards, whatever the models predict. Per byte both sides share the text's bytes, so a sample the
+    pivot wins per token with no more tokens than qwen's byte-level BPE, it also wins per byte."""
+    pivot = {s.sample_id: s for s in read_shard(paths.logits_shard(cfg.workdir, "gt", PIVOT, 0),
+                                                ["nll_sum", "n_tokens", "n_bytes"])}
+    qwen = {s.sample_id: s for s in read_shard(paths.logits_shard(cfg.workdir, "gt", "qwen-arith", 0),
+                                               ["nll_sum", "n_tokens", "n_bytes"])}
+    assert pivot.keys() == qwen.keys()
+    chosen = {}
+    for name, norm in (("fusechat/qwen-arith", "n_tokens"), ("bytes/qwen-arith", "n_bytes")):
+        t, manifest = fuse(cfg, tmp_path, name)
+        recount = {sid: "qwen-arith" if qwen[sid].nll_sum / max(getattr(qwen[sid], norm), 1)
+                   < p.nll_sum / max(getattr(p, norm), 1) else PIVOT for sid, p in pivot.items()}
+        chosen[norm] = dict(zip(t["sample_id"], t["model"], strict=True))
+        assert chosen[norm] == recount, name
+        assert manifest["chosen"]["gt"] == {m: n for m in (PIVOT, "qwen-arith")
+                                            if (n := sum(v == m for v in recount.values()))}
+    assert all(pivot[sid].n_bytes == qwen[sid].n_bytes for sid in pivot)
+    for sid, model in chosen["n_tokens"].items():
+        if model == PIVOT and pivot[sid].n_tokens <= qwen[sid].n_tokens:
+            assert chosen["n_bytes"][sid] == PIVOT, sid
 
 
 def test_pairwise_vote_uses_the_pairs_own_vote(cfg, tmp_path):

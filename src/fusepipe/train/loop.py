@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from fusepipe.artifacts import write_json
 from fusepipe.errors import FusepipeError
 from fusepipe.train.data import Example, Step
 
@@ -224,29 +225,39 @@ def micro_batch_loss(model, batch: dict[str, Any], loss_kind: str, temperature: 
 
 
 class Checkpoints:
-    """DeepSpeed checkpoints of one job under `folder`, tagged `step{N}`, with the config hash they belong to."""
+    """DeepSpeed checkpoints of one job under `folder`, tagged `step{N}`, with the config hash they belong to.
+
+    `fusepipe.json` (config hash and step) is the commit record: written atomically once every rank has written the
+    whole checkpoint, and after `log.json`. A job killed at any moment (SIGKILL, preemption) therefore resumes from
+    the newest checkpoint that was complete, never from one cut short (DeepSpeed's own `latest` file is written in
+    place, and before rank 0's record)."""
 
     def __init__(self, folder: Path, config_hash: str):
         self.folder, self.config_hash = folder, config_hash
 
     def latest(self) -> str | None:
-        marker = self.folder / "latest"
-        if not marker.is_file():
-            return None
         meta = self.folder / "fusepipe.json"
-        if not meta.is_file() or json.loads(meta.read_text()).get("config_hash") != self.config_hash:
+        if not meta.is_file():
+            return None
+        record = json.loads(meta.read_text())
+        if record.get("config_hash") != self.config_hash:
             log.warning("%s: checkpoints of another configuration; starting over", self.folder)
             shutil.rmtree(self.folder, ignore_errors=True)
             return None
-        return marker.read_text().strip()
+        return f"step{record['step']}"
 
     def save(self, engine, step: int, log_rows: list[dict], rank: int) -> None:
+        import torch
+
         engine.save_checkpoint(str(self.folder), tag=f"step{step}", client_state={"step": step})
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank's part is on disk before the record names it
         if rank == 0:
-            (self.folder / "fusepipe.json").write_text(json.dumps({"config_hash": self.config_hash, "step": step}))
-            (self.folder / "log.json").write_text(json.dumps(log_rows))
-            tags = sorted(int(p.name[4:]) for p in self.folder.glob("step*") if p.name[4:].isdigit())
-            for old in tags[:-2]:  # keep the newest two
+            write_json(log_rows, self.folder / "log.json")
+            write_json({"config_hash": self.config_hash, "step": step}, self.folder / "fusepipe.json")
+            older = sorted(int(p.name[4:]) for p in self.folder.glob("step*") if p.name[4:].isdigit()
+                           and int(p.name[4:]) < step)
+            for old in older[:-1]:  # keep this one and the one before
                 shutil.rmtree(self.folder / f"step{old}", ignore_errors=True)
 
 
