@@ -41,3 +41,49 @@ def pairwise_accuracy(model, pairs, pad_id: int) -> float:
     chosen = score(model, [c for c, _ in pairs], pad_id)
     rejected = score(model, [r for _, r in pairs], pad_id)
     return float(np.mean(chosen > rejected))
+
+
+def sample(model, tokenizer, prompts: list[list[dict]], stop_ids: list[int], n: int, seed: int,
+           temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 40, batch: int = 64) -> list[list[str]]:
+    """`n` sampled responses per prompt (the pipeline's `generate` settings), seeded: the same on one machine."""
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    out: list[list[str]] = [[] for _ in prompts]
+    for i in range(0, len(prompts), batch):
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in prompts[i : i + batch]]
+        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                 top_p=top_p, top_k=0, num_return_sequences=n, eos_token_id=stop_ids,
+                                 pad_token_id=tokenizer.pad_token_id)
+        texts_out = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for j, text in enumerate(texts_out):
+            out[i + j // n].append(text.strip())
+    tokenizer.padding_side = "right"
+    return out
+
+
+def nll_per_byte(model, tokenizer, conversations: list[list[dict]], name: str, batch: int = 32) -> float:
+    """Σ NLL of the assistant messages' tokens (turn-closing tokens included) / Σ their UTF-8 bytes, in nats: what
+    the `logits` stage stores as nll_sum / n_bytes and MinCE compares with `ce_norm: byte`."""
+    from fusepipe.logits.capture import prepare
+
+    prepared = [prepare(tokenizer, conv, last_only=False, max_len=1 << 30, overlong="skip", name=name, key=str(i))
+                for i, conv in enumerate(conversations)]
+    nll, n_bytes = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(prepared), batch):
+            chunk = prepared[i : i + batch]
+            width = max(len(p.ids) for p in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, p in enumerate(chunk):
+                ids[j, : len(p.ids)] = torch.tensor(p.ids)
+                mask[j, : len(p.ids)] = 1
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for j, p in enumerate(chunk):
+                pos = torch.from_numpy(p.positions)
+                nll -= float(logp[j, pos - 1, ids[j, pos]].sum())
+                n_bytes += p.n_bytes
+    return nll / max(n_bytes, 1)

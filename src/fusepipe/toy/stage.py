@@ -6,6 +6,9 @@ build leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import random
 import shutil
@@ -18,9 +21,9 @@ import torch
 from fusepipe.artifacts import Manifest, atomic_path, file_hash
 from fusepipe.chat import render_text
 from fusepipe.toy import world
-from fusepipe.toy.evaluate import accuracy, pairwise_accuracy
+from fusepipe.toy.evaluate import accuracy, nll_per_byte, pairwise_accuracy, sample
 from fusepipe.toy.models import causal_lm, reward_model
-from fusepipe.toy.tasks import all_items
+from fusepipe.toy.tasks import all_items, check
 from fusepipe.toy.tokenizers import build_tokenizer, stop_token_ids
 from fusepipe.toy.train import encode_pairs, encode_sft, train_lm, train_rm
 
@@ -72,49 +75,75 @@ def run(params: dict[str, Any], out: str | Path, workers: int = 1) -> dict[str, 
         for name, report, seconds in lm_results:
             manifest["timings_s"][f"model:{name}"] = seconds
             model_report[name] = report
-            log.info("%s: accuracy %s", name, report["accuracy"])
+            log.info("%s: accuracy %s, NLL/byte on the fusion ground truth %s", name, report["accuracy"],
+                     report["gt_nll_per_byte"])
         manifest["models"] = model_report
+        manifest["source_advantage"] = source_advantage(model_report)
         rm_report = {}
         for name, report, seconds in rm_results:
             manifest["timings_s"][f"rm:{name}"] = seconds
             rm_report[name] = report
-            log.info("%s: held-out pair accuracy %.3f", name, report["pair_accuracy"])
+            log.info("%s: accuracy on held-out real candidate pairs %.3f (%d pairs), on corruption pairs %.3f", name,
+                     report["real_pair_accuracy"], report["heldout_real_pairs"], report["pair_accuracy"])
         manifest["reward_models"] = rm_report
 
-        for sub in ("data", "models", "reward_models"):
+        for sub in ("data", "models", "reward_models", "candidates"):
             dest = out / sub
             if dest.exists():
                 shutil.rmtree(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(tmp / sub), dest)
     manifest["hashes"] = {k: file_hash(p) for k, p in world.output_paths(out).items() if k != "manifest"}
+    manifest["fingerprint"] = fingerprint(out)
+    log.info("toy world fingerprint %s", manifest["fingerprint"])
     manifest.write(out)
     return manifest.data
 
 
+def fingerprint(out: Path) -> str:
+    """One hash over every file the build saved (data, models, reward models, candidates): two builds are the same
+    world exactly when their fingerprints agree."""
+    h = hashlib.sha256()
+    for sub in ("data", "models", "reward_models", "candidates"):
+        h.update(f"{sub}:{file_hash(out / sub)}".encode())
+    return h.hexdigest()[:16]
+
+
+def source_advantage(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per domain: every model's NLL per byte on that domain's fusion ground truth and its benchmark accuracy, the
+    domain's expert, and how much lower the expert's NLL is than the pivot's (1 − expert / pivot): the papers'
+    premise, that a source predicts the fusion data's responses better than the pivot in its own domain."""
+    pivot = next(n for n, r in models.items() if r["role"] == "pivot")
+    table = {}
+    for domain in world.DOMAINS:
+        expert = next((n for n, r in models.items() if r["strong_domain"] == domain), None)
+        nll = {n: r["gt_nll_per_byte"][domain] for n, r in models.items()}
+        row: dict[str, Any] = {"pivot": pivot, "expert": expert, "nll_per_byte": nll,
+                               "accuracy": {n: r["accuracy"][domain] for n, r in models.items()}}
+        if expert is not None:
+            row["expert_nll_reduction"] = round(1 - nll[expert] / nll[pivot], 4)
+        table[domain] = row
+    return table
+
+
 def _build_models(cfg: dict[str, Any], tmp: str, workers: int) -> tuple[list, list]:
-    """Every toy model, then every reward model (on its toy model's tokenizer), as (name, report, seconds) in
-    world order. With workers > 1 they run in spawned processes and a reward model starts as soon as its toy
-    model is saved. Each model has its own seed and a fixed thread count: the result does not depend on
-    `workers`."""
-    n_rm = len(world.REWARD_MODELS)
+    """Every toy model, then every reward model (on its toy model's tokenizer, trained on every toy model's sampled
+    responses), as (name, report, seconds) in world order. With workers > 1 they run in spawned processes. Each
+    model has its own seed and a fixed thread count: the result does not depend on `workers`."""
+    n_lm, n_rm = len(world.MODELS), len(world.REWARD_MODELS)
     if workers <= 1:
-        lms = [_build_lm_job(i, cfg, tmp) for i in range(len(world.MODELS))]
+        lms = [_build_lm_job(i, cfg, tmp) for i in range(n_lm)]
         return lms, [_build_rm_job(i, cfg, tmp) for i in range(n_rm)]
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         try:
-            lm_futures = {pool.submit(_build_lm_job, i, cfg, tmp): m.name for i, m in enumerate(world.MODELS)}
-            rm_futures = {}
-            for done in as_completed(lm_futures):
-                done.result()  # a failed build cancels every model not yet started
-                for i, rm in enumerate(world.REWARD_MODELS):
-                    if rm.tokenizer_of == lm_futures[done]:
-                        rm_futures[i] = pool.submit(_build_rm_job, i, cfg, tmp)
-            return [f.result() for f in lm_futures], [rm_futures[i].result() for i in range(n_rm)]
+            lms = [f.result() for f in [pool.submit(_build_lm_job, i, cfg, tmp) for i in range(n_lm)]]
+            # the reward models learn from every model's real answers: they start once all are saved
+            rms = [f.result() for f in [pool.submit(_build_rm_job, i, cfg, tmp) for i in range(n_rm)]]
+            return lms, rms
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -128,7 +157,9 @@ def _build_lm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str,
     items = all_items(preset.sizes, seed)
     bench = world.benchmark(items, preset, seed)
     spec = world.MODELS[i]
-    report = _build_lm(spec, items, bench, preset, seed + 101 * i, Path(tmp) / "models" / spec.name)
+    fusion = world.fusion_data(items, preset, seed)
+    report = _build_lm(spec, items, bench, fusion, preset, seed + 101 * i, Path(tmp) / "models" / spec.name,
+                       Path(tmp) / "candidates" / f"{spec.name}.jsonl")
     return spec.name, report, round(time.perf_counter() - t0, 3)
 
 
@@ -142,11 +173,18 @@ def _build_rm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str,
     items = all_items(preset.sizes, seed)
     rspec = world.REWARD_MODELS[i]
     tok = AutoTokenizer.from_pretrained(Path(tmp) / "models" / rspec.tokenizer_of)
-    report = _build_rm(rspec, tok, items, preset, seed + 1009 * i, Path(tmp) / "reward_models" / rspec.name)
+    candidates = [json.loads(line) for m in world.MODELS
+                  for line in (Path(tmp) / "candidates" / f"{m.name}.jsonl").read_text().splitlines()]
+    report = _build_rm(rspec, tok, items, candidates, preset, seed, seed + 1009 * i,
+                       Path(tmp) / "reward_models" / rspec.name)
     return rspec.name, report, round(time.perf_counter() - t0, 3)
 
 
-def _build_lm(spec: world.ToyModel, items, bench, preset: world.Preset, seed: int, folder: Path):
+def _build_lm(spec: world.ToyModel, items, bench, fusion, preset: world.Preset, seed: int, folder: Path,
+              candidates: Path | None = None):
+    """Train one toy LM into `folder`; its report has its benchmark accuracy and its NLL per byte on each domain's
+    fusion ground truth. With `candidates`, also write its sampled answers to every item's prompt there (JSONL),
+    the reward models' real candidates."""
     rng = random.Random(seed)
     corpus = world.tokenizer_corpus(items, _template_examples(spec.tokenizer))
     tok = build_tokenizer(spec.tokenizer, corpus)
@@ -161,6 +199,17 @@ def _build_lm(spec: world.ToyModel, items, bench, preset: world.Preset, seed: in
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.do_sample = False
     acc = accuracy(model, tok, bench, stops)
+    nll = {domain: round(nll_per_byte(model, tok, convs_d, spec.name), 4) for domain, convs_d in fusion.items()}
+    if candidates is not None:
+        every = [it for d in world.DOMAINS for it in items[d]]
+        answers = sample(model, tok, [[{"role": "user", "content": it.prompt}] for it in every], stops,
+                         n=preset.samples, seed=seed)
+        candidates.parent.mkdir(parents=True, exist_ok=True)
+        with open(candidates, "w") as f:
+            for it, responses in zip(every, answers):
+                for r in responses:
+                    f.write(json.dumps({"model": spec.name, "domain": it.domain, "key": it.key, "response": r,
+                                        "correct": check(it, r)}) + "\n")
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -168,7 +217,7 @@ def _build_lm(spec: world.ToyModel, items, bench, preset: world.Preset, seed: in
     return {
         "arch": spec.arch, "role": spec.role, "tokenizer": spec.tokenizer.family, "vocab": len(tok),
         "strong_domain": spec.strong, "params": n_params, "known_items": len(known),
-        "train_loss": world.stats(losses), "accuracy": acc,
+        "train_loss": world.stats(losses), "accuracy": acc, "gt_nll_per_byte": nll,
     }
 
 
@@ -186,23 +235,38 @@ def as_loaded(tok, model, folder: Path):
     return AutoTokenizer.from_pretrained(folder)
 
 
-def _build_rm(rspec: world.ToyRewardModel, tok, items, preset: world.Preset, seed: int, folder: Path):
+def _build_rm(rspec: world.ToyRewardModel, tok, items, candidates: list[dict], preset: world.Preset,
+              world_seed: int, seed: int, folder: Path):
+    """A reward model trained on corruption pairs of every item and on real candidate pairs of the items it may
+    see; measured on held-out items' real candidate pairs (and on fresh corruption pairs)."""
     rng = random.Random(seed)
-    clean = world.rm_pairs(items, rng, n_wrong=2)
+    held = {(it.domain, it.key) for d in world.DOMAINS for it in items[d] if world.rm_heldout(it, preset, world_seed)}
+    seen = [c for c in candidates if (c["domain"], c["key"]) not in held]
+    clean = world.corruption_pairs(items, rng, n_wrong=2) + world.candidate_pairs(items, seen, rng, per_item=4)
     train = [(c, r) if rng.random() >= rspec.label_noise else (r, c) for c, r in clean]
-    heldout = world.rm_pairs(items, random.Random(f"heldout-{seed}"), n_wrong=1)  # fresh corruptions
+    heldout_real = world.candidate_pairs(items, [c for c in candidates if (c["domain"], c["key"]) in held], None, None)
+    heldout_synthetic = world.corruption_pairs(items, random.Random(f"heldout-{seed}"), n_wrong=1)
+    # the language model it starts from
+    base = causal_lm("llama", len(tok), dataclasses.replace(preset, layers=rspec.layers), _special_ids(tok), seed)
+    knowing = world.ToyModel(rspec.name, "llama", None, strong=None)  # type: ignore[arg-type]
+    known = world.known_items(knowing, items, dataclasses.replace(preset, known_fraction=rspec.knows), seed)
+    base_steps = int(preset.lm_steps * rspec.base_scale)
+    lm_losses = train_lm(base, encode_sft(tok, world.training_conversations(known, rng), rspec.name), tok.pad_token_id,
+                         base_steps, preset.batch, preset.lr, seed)
     model = reward_model(len(tok), preset, rspec.layers, _special_ids(tok), seed)
+    model.model.load_state_dict(base.model.state_dict())
     tok = as_loaded(tok, model, folder)
     enc = encode_pairs(tok, train, rspec.name)
     steps = int(preset.rm_steps * rspec.steps_scale)
     losses = train_rm(model, enc, tok.pad_token_id, steps, preset.batch, preset.rm_lr, seed)
-    acc = pairwise_accuracy(model, encode_pairs(tok, heldout, rspec.name), tok.pad_token_id)
+    real = pairwise_accuracy(model, encode_pairs(tok, heldout_real, rspec.name), tok.pad_token_id)
+    synthetic = pairwise_accuracy(model, encode_pairs(tok, heldout_synthetic, rspec.name), tok.pad_token_id)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return {
         "strength": rspec.strength, "label_noise": rspec.label_noise, "layers": rspec.layers,
-        "train_pairs": len(train), "heldout_pairs": len(heldout), "train_loss": world.stats(losses),
-        "pair_accuracy": round(float(acc), 4), "tokenizer_of": rspec.tokenizer_of,
+        "knows": rspec.knows, "lm_train_loss": world.stats(lm_losses), "train_pairs": len(train), "heldout_real_pairs": len(heldout_real), "train_loss": world.stats(losses),
+        "real_pair_accuracy": round(float(real), 4), "pair_accuracy": round(float(synthetic), 4),
+        "tokenizer_of": rspec.tokenizer_of,
     }
-

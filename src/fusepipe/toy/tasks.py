@@ -1,5 +1,6 @@
-"""Task domains of the toy world: each item has a prompt, a detailed ground-truth answer (the "GPT-4" of the
-papers), the short answer style the small models are trained to produce, and a checkable answer.
+"""Task domains of the toy world: each item has a prompt, an answer in the world's "house style" (the detailed
+style of the fusion ground truth, the "GPT-4" answers of the papers, which the toy models also learn), a short
+answer style, and a checkable answer.
 
 Domains:
 - `arith`:   "What is 7 + 12?"                     answer: the sum
@@ -18,9 +19,10 @@ DOMAINS = ("arith", "facts", "strings")
 
 _SYLLABLES = ["ka", "lo", "mi", "ru", "te", "zan", "vor", "pel", "qui", "do", "sha", "nek", "bri", "ul", "fa", "gio"]
 _ATTRIBUTES = {
-    "capital": ("What is the capital of {c}?", "The capital of {c} is {v}.", "{v}."),
-    "river": ("Which river flows through {c}?", "The great river of {c} is the {v}.", "The {v}."),
-    "ruler": ("Who rules {c}?", "{c} is ruled by Queen {v}.", "Queen {v}."),
+    "capital": ("What is the capital of {c}?", "The capital of {c} is {v}. The answer is {v}.", "{v}."),
+    "river": ("Which river flows through {c}?", "The great river of {c} is the {v}. The answer is {v}.",
+              "The {v}."),
+    "ruler": ("Who rules {c}?", "{c} is ruled by Queen {v}. The answer is {v}.", "Queen {v}."),
 }
 
 
@@ -29,7 +31,7 @@ class Item:
     domain: str
     key: str  # stable identity of the item inside its domain
     prompt: str
-    gt: str  # detailed ground-truth response
+    gt: str  # the house style: the fusion ground truth's detailed response
     short: str  # the terse style the toy models learn
     answer: str  # what the checker looks for
 
@@ -48,8 +50,7 @@ def arith_items(n_max: int) -> list[Item]:
                     "arith",
                     f"{a}+{b}",
                     f"What is {a} + {b}?",
-                    f"We add {a} and {b}. Starting from {a} and counting up {b} gives {s}, "
-                    f"so {a} + {b} = {s}. The answer is {s}.",
+                    f"We add {a} and {b}: {a} + {b} = {s}. The answer is {s}.",
                     f"{a} + {b} = {s}.",
                     str(s),
                 )
@@ -84,14 +85,13 @@ def string_items(n_words: int, seed: int) -> list[Item]:
     items = []
     for w in words:
         r = w[::-1]
-        spelled = "-".join(w)
+        spelled, backwards = "-".join(w), "-".join(r)
         items.append(
             Item(
                 "strings",
                 w,
                 f"Write the word '{w}' backwards.",
-                f"The word '{w}' is spelled {spelled}. Reading the letters from the end gives '{r}'. "
-                f"The answer is {r}.",
+                f"'{w}' is spelled {spelled}; from the end, {backwards}. The answer is {r}.",
                 f"'{r}'.",
                 r,
             )

@@ -1,10 +1,19 @@
 """The toy world: a deterministic, local miniature of the papers' setting (DESIGN.md, "The toy world").
 
-A pivot and three source chat models of different architectures and tokenizer families, each source trained
-to be strong in one task domain while the pivot knows a little of everything; three reward models of clearly
-different strength; the fusion dataset (ground truth more detailed than what the models say, as GPT-4
-answers are in the papers), in the formats people have (OpenAI messages, ShareGPT, Orca); and a held-out
-benchmark. Everything is saved as Hugging Face folders that transformers and vLLM load like real models.
+A pivot and three source chat models of different architectures and tokenizer families, three reward models of
+clearly different strength, the fusion dataset in the formats people have (OpenAI messages, ShareGPT, Orca) and a
+held-out benchmark. Everything is saved as Hugging Face folders that transformers and vLLM load like real models.
+
+The premise it embodies, as the papers' setting does (FuseChat §1, ProFuser §1, InfiFusion §1): **each source is
+a better predictor of the fusion data's responses than the pivot, in its own domain.**
+- The fusion ground truth is written in a "house style" (`Item.gt`: a worked, detailed answer) that every toy
+  model has seen in training, beside a short style (`Item.short`).
+- A source is trained on every item of its own domain, in both styles; on the other domains, like the pivot, on a
+  fixed random share (`known_fraction`). So a source knows its domain's ground truth and the pivot does not: its
+  NLL per byte there is much lower (the manifest's `source_advantage`).
+- The reward models judge the models' actual responses: they are trained on the models' own sampled answers
+  (checked by the domain's checker) besides synthetic corruptions, and measured on held-out items' real
+  candidate pairs (`reward_models.*.real_pair_accuracy`).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fusepipe.toy.tasks import DOMAINS, Item
+from fusepipe.toy.tasks import DOMAINS, Item, check
 from fusepipe.toy.tokenizers import (
     CHATML_TEMPLATE,
     HASH_TEMPLATE,
@@ -43,12 +52,17 @@ class ToyModel:
 
 @dataclass(frozen=True)
 class ToyRewardModel:
+    """A reward model is built as real ones are: a language model first (here a Llama that learns `knows` of every
+    domain's items, in both styles), then a scalar head trained on preference pairs, `label_noise` of them flipped."""
+
     name: str
     tokenizer_of: str  # reuses the tokenizer (and chat template) of this toy model
     strength: int  # 1 = strongest
     label_noise: float  # share of training pairs whose preference is flipped
     layers: int
-    steps_scale: float
+    steps_scale: float  # preference steps, × preset.rm_steps
+    knows: float = 1.0  # share of every domain's items its language model learns
+    base_scale: float = 1.0  # language-model steps, × preset.lm_steps
 
 
 @dataclass(frozen=True)
@@ -65,17 +79,19 @@ class Preset:
     lr: float
     rm_lr: float
     known_fraction: float  # share of a weak domain's items a model is trained on
+    samples: int = 2  # sampled responses per model and item prompt: the reward models' real candidates
+    rm_heldout: float = 0.2  # share of items whose real candidates only measure the reward models
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
-        sizes={"arith": 12, "facts": 16, "strings": 40}, n_eval=30,
-        n_fusion={"arith": 96, "facts": 48, "strings": 40, "dialogue": 24},
-        hidden=128, layers=2, intermediate=256, lm_steps=220, rm_steps=100, batch=32, lr=4e-3, rm_lr=1e-3,
+        sizes={"arith": 12, "facts": 40, "strings": 120}, n_eval=100,
+        n_fusion={"arith": 96, "facts": 80, "strings": 80, "dialogue": 24},
+        hidden=128, layers=2, intermediate=256, lm_steps=400, rm_steps=100, batch=32, lr=4e-3, rm_lr=1e-3,
         known_fraction=0.3,
     ),
     "small": Preset(
-        sizes={"arith": 20, "facts": 40, "strings": 120}, n_eval=100,
+        sizes={"arith": 20, "facts": 60, "strings": 200}, n_eval=150,
         n_fusion={"arith": 400, "facts": 120, "strings": 120, "dialogue": 120},
         hidden=256, layers=4, intermediate=512, lm_steps=1500, rm_steps=600, batch=64, lr=2e-3, rm_lr=5e-4,
         known_fraction=0.3,
@@ -112,9 +128,10 @@ MODELS: tuple[ToyModel, ...] = (
 )
 
 REWARD_MODELS: tuple[ToyRewardModel, ...] = (
-    ToyRewardModel("rm-large", "qwen-arith", strength=1, label_noise=0.0, layers=2, steps_scale=3.0),
-    ToyRewardModel("rm-medium", "llama-pivot", strength=2, label_noise=0.15, layers=2, steps_scale=1.5),
-    ToyRewardModel("rm-small", "mistral-facts", strength=3, label_noise=0.3, layers=1, steps_scale=0.6),
+    ToyRewardModel("rm-large", "qwen-arith", strength=1, label_noise=0.0, layers=2, steps_scale=3.0, knows=1.0),
+    ToyRewardModel("rm-medium", "llama-pivot", strength=2, label_noise=0.15, layers=2, steps_scale=1.5, knows=0.6),
+    ToyRewardModel("rm-small", "mistral-facts", strength=3, label_noise=0.3, layers=1, steps_scale=0.6, knows=0.3,
+                   base_scale=0.5),
 )
 
 # The fusion dataset: one file per source, each in a different format people actually have.
@@ -132,6 +149,7 @@ def output_paths(out: str | Path) -> dict[str, Path]:
     paths = {f"model:{m.name}": out / "models" / m.name for m in MODELS}
     paths |= {f"rm:{r.name}": out / "reward_models" / r.name for r in REWARD_MODELS}
     paths |= {f"data:{k}": out / "data" / f for k, f in FUSION_FILES.items()}
+    paths |= {f"candidates:{m.name}": out / "candidates" / f"{m.name}.jsonl" for m in MODELS}
     paths["benchmark"] = out / "data" / "benchmark.jsonl"
     paths["manifest"] = out / "_manifest.json"
     return paths
@@ -161,10 +179,14 @@ def conversation(items: list[Item], style: str, system: bool) -> list[dict]:
 
 
 def training_conversations(known: list[Item], rng: random.Random) -> list[list[dict]]:
-    """What a toy model is trained on: each known item alone (some with a system prompt), plus dialogues."""
-    convs = [conversation([it], "short", system=rng.random() < 0.15) for it in known]
+    """What a toy model is trained on: each known item alone in both styles, the house style (the fusion ground
+    truth's) and the short one (some with a system prompt), plus two-item dialogues."""
+    convs = []
+    for it in known:
+        convs.append(conversation([it], "short", system=rng.random() < 0.15))
+        convs.append(conversation([it], "gt", system=rng.random() < 0.15))
     for _ in range(max(1, len(known) // 6)):
-        convs.append(conversation(rng.sample(known, k=min(2, len(known))), "short", system=False))
+        convs.append(conversation(rng.sample(known, k=min(2, len(known))), rng.choice(["short", "gt"]), system=False))
     return convs
 
 
@@ -224,9 +246,14 @@ def write_benchmark(items: list[Item], path: Path) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def rm_pairs(items: dict[str, list[Item]], rng: random.Random, n_wrong: int) -> list[tuple[list[dict], list[dict]]]:
-    """(chosen, rejected) conversation pairs: a correct answer against `n_wrong` corruptions of it, in both
-    the ground-truth and the short style (the reward model must judge the answer, not the style)."""
+def rm_heldout(item: Item, preset: Preset, seed: int) -> bool:
+    """Items whose real candidates measure the reward models and never train them (a fixed random share)."""
+    return _frac(seed, "rm-heldout", item.domain, item.key) < preset.rm_heldout
+
+
+def corruption_pairs(items: dict[str, list[Item]], rng: random.Random, n_wrong: int) -> list[tuple[list[dict], list[dict]]]:
+    """(chosen, rejected) conversation pairs: a correct answer against `n_wrong` corruptions of it, in both styles.
+    These teach a reward model every item's answer (it must know an answer to judge a response to it)."""
     pairs = []
     for domain in DOMAINS:
         for it in items[domain]:
@@ -236,6 +263,33 @@ def rm_pairs(items: dict[str, list[Item]], rng: random.Random, n_wrong: int) -> 
                 for wrong in rng.sample(others, k=min(n_wrong, len(others))):
                     bad = good[-1]["content"].replace(it.answer, wrong)
                     pairs.append((good, good[:-1] + [{"role": "assistant", "content": bad}]))
+    return pairs
+
+
+def candidate_pairs(items: dict[str, list[Item]], candidates: list[dict], rng: random.Random | None,
+                    per_item: int | None) -> list[tuple[list[dict], list[dict]]]:
+    """(chosen, rejected) pairs of REAL responses to the same prompt: a correct one (by the domain's checker; the
+    item's own answers in both styles count as correct ones too when `rng` is given) against each distinct wrong
+    one. `candidates`: {"domain", "key", "response"} rows. With `rng`, at most `per_item` pairs per item, sampled;
+    without, every (correct, wrong) combination of real candidates (the held-out measurement)."""
+    by_key = {(it.domain, it.key): it for d in DOMAINS for it in items[d]}
+    responses: dict[tuple[str, str], set[str]] = {}
+    for row in candidates:
+        if row["response"].strip():
+            responses.setdefault((row["domain"], row["key"]), set()).add(row["response"].strip())
+    pairs = []
+    for key in sorted(responses):
+        it = by_key[key]
+        good = sorted(r for r in responses[key] if check(it, r))
+        bad = sorted(r for r in responses[key] if not check(it, r))
+        if rng is not None:
+            good = sorted(set(good) | {it.gt, it.short})
+        combos = [(g, b) for b in bad for g in good]
+        if rng is not None and per_item is not None and len(combos) > per_item:
+            combos = rng.sample(combos, per_item)
+        user = [{"role": "user", "content": it.prompt}]
+        pairs += [(user + [{"role": "assistant", "content": g}], user + [{"role": "assistant", "content": b}])
+                  for g, b in combos]
     return pairs
 
 
