@@ -34,6 +34,27 @@ def test_each_source_beats_the_pivot_in_its_domain(manifest):
     assert 0 < sum(pivot.values()) / len(pivot) < 0.6  # weak but not useless
 
 
+def test_the_papers_premise_each_source_predicts_its_domains_fusion_ground_truth_better(manifest):
+    """FuseChat/ProFuser/InfiFusion's premise: in its own domain a source is a clearly better predictor of the
+    fusion data's responses than the pivot (NLL per byte at least 30 % lower), which is what distillation moves."""
+    table = manifest["source_advantage"]
+    assert set(table) == {"arith", "facts", "strings"}
+    for domain, row in table.items():
+        nll = row["nll_per_byte"]
+        assert row["pivot"] == "llama-pivot" and manifest["models"][row["expert"]]["strong_domain"] == domain
+        assert set(nll) == set(manifest["models"]) and all(v > 0 for v in nll.values())
+        assert row["expert_nll_reduction"] == pytest.approx(1 - nll[row["expert"]] / nll["llama-pivot"], abs=1e-4)
+        assert row["expert_nll_reduction"] >= 0.3, (domain, row)
+        assert row["accuracy"][row["expert"]] > row["accuracy"]["llama-pivot"], (domain, row)
+
+
+def test_the_fingerprint_is_the_hash_of_what_was_saved(toy, manifest):
+    from fusepipe.toy.stage import fingerprint
+
+    assert manifest["fingerprint"] == fingerprint(toy)
+    assert {"candidates:" + m for m in manifest["models"]} <= set(manifest["hashes"])
+
+
 def test_saved_models_keep_their_accuracy(toy, manifest):
     """What users load from disk (AutoTokenizer + AutoModel) is what was trained and measured: transformers 5
     swaps in Qwen2Tokenizer's own pre-tokenizer for a qwen2 folder, which once made qwen-arith answer garbage."""
@@ -51,10 +72,16 @@ def test_saved_models_keep_their_accuracy(toy, manifest):
         assert acc[domain] == pytest.approx(manifest["models"][name]["accuracy"][domain], abs=0.05), name
 
 
-def test_reward_models_are_of_clearly_different_strength(manifest):
-    acc = {k: v["pair_accuracy"] for k, v in manifest["reward_models"].items()}
-    assert acc["rm-large"] > acc["rm-small"] + 0.05, acc
-    assert acc["rm-large"] >= 0.6, acc
+def test_reward_models_judge_real_answers_and_are_of_clearly_different_strength(manifest, toy):
+    """Measured on held-out items' pairs of the toy models' own sampled answers (one right, one wrong)."""
+    rms = manifest["reward_models"]
+    real = {k: v["real_pair_accuracy"] for k, v in rms.items()}
+    assert real["rm-large"] > real["rm-small"] + 0.05, real
+    assert real["rm-large"] >= 0.65, real
+    assert all(v["heldout_real_pairs"] >= 50 for v in rms.values()), rms
+    assert {v["strength"] for v in rms.values()} == {1, 2, 3}
+    rows = [json.loads(line) for line in (toy / "candidates" / "qwen-arith.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"qwen-arith"} and {r["correct"] for r in rows} == {True, False}
 
 
 def test_models_are_heterogeneous_hf_folders(toy, manifest):
@@ -85,9 +112,11 @@ def test_same_seed_same_files(tmp_path, spec):
     preset = dataclasses.replace(world.PRESETS["tiny"], lm_steps=3)
     items = all_items(preset.sizes, 0)
     bench = world.benchmark(items, preset, 0)[:6]
+    fusion = {d: convs[:4] for d, convs in world.fusion_data(items, preset, 0).items()}
     for run in ("a", "b"):
-        _build_lm(spec, items, bench, preset, 7, tmp_path / run)
+        report = _build_lm(spec, items, bench, fusion, preset, 7, tmp_path / run)
         world.write_fusion_files(world.fusion_data(items, preset, 0), tmp_path / run / "data")
+        assert set(report["gt_nll_per_byte"]) == set(fusion)
     assert file_hash(tmp_path / "a") == file_hash(tmp_path / "b")
     tok = AutoTokenizer.from_pretrained(tmp_path / "a")
     text = "What is 12 + 7? The capital of Miloovia is Teka, 'lamp' backwards is 'pmal'."
@@ -120,9 +149,11 @@ def test_a_pool_worker_builds_what_the_parent_would(toy, tmp_path):
     tok_of = world.REWARD_MODELS[spec].tokenizer_of
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / tok_of).symlink_to(toy / "models" / tok_of)
+    (tmp_path / "candidates").symlink_to(toy / "candidates")  # every model's sampled answers
     params = {"preset": cfg.preset, "seed": cfg.seed, "threads": cfg.threads}
     name, report, _ = _build_rm_job(spec, params, str(tmp_path))
     built = json.loads((toy / "_manifest.json").read_text())["reward_models"][name]
-    assert report["pair_accuracy"] == built["pair_accuracy"]
+    assert (report["pair_accuracy"], report["real_pair_accuracy"]) == (built["pair_accuracy"],
+                                                                       built["real_pair_accuracy"])
     weights = "model.safetensors"
     assert file_hash(tmp_path / "reward_models" / name / weights) == file_hash(toy / "reward_models" / name / weights)

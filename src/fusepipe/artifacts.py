@@ -64,12 +64,16 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+SNAKEMAKE_MARKER = ".snakemake_timestamp"
+
+
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, or of a folder's relative paths and file hashes (sorted)."""
+    """sha256 of a file, or of a folder's relative paths and file hashes (sorted; without the empty marker
+    `.snakemake_timestamp` Snakemake adds to a folder output, so a folder hashes the same before and after)."""
     path = Path(path)
     h = hashlib.sha256()
     if path.is_dir():
-        for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+        for sub in sorted(p for p in path.rglob("*") if p.is_file() and p.name != SNAKEMAKE_MARKER):
             h.update(str(sub.relative_to(path)).encode())
             h.update(file_hash(sub).encode())
         return h.hexdigest()[:16]
