@@ -408,7 +408,7 @@ def evaluate_cmd(config_path, config_json, workdir, model, suite, gather):
 @workdir_option
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: WORKDIR/report).")
 def report_cmd(config_path, config_json, workdir, out):
-    """report/index.html (tables and plots of the whole run) and report/summary.txt (the headline table)."""
+    """report/index.html, summary.txt, results.csv: the headline table (printed), then every metric and plots."""
     from fusepipe import paths
     from fusepipe.report import stage
 

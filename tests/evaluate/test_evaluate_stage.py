@@ -92,7 +92,11 @@ def test_report_matches_the_evaluations(results):
         cells = dict(zip(header, line.split(","), strict=False))
         doc = json.loads((results / "eval" / cells["model"] / "results.json").read_text())
         assert float(cells["toy_mean"]) == pytest.approx(doc["metrics"]["toy_mean"])
+        toy = json.loads((results / "eval" / cells["model"] / "toy.json").read_text())
+        assert int(cells["n:toy_arith"]) == toy["tasks"]["fusepipe_toy_arith"]["n"]  # the headline's n per domain
+        assert float(cells["lo95:toy_arith"]) <= float(cells["toy_arith"]) <= float(cells["hi95:toy_arith"])
     page = (results / "report" / "index.html").read_text()
+    assert page.index("<table class='headline'>") < page.index("<h2>All metrics</h2>")
     assert "Training curves" in page and "Merge coefficients" in page and "Alignment coverage" in page
 
 

@@ -1,12 +1,14 @@
-"""The report on a fixed set of results: the table, the deltas, the text summary, the HTML and its plots."""
+"""The report on a fixed set of results: the headline (Wilson intervals, columns, row order), the table, the deltas,
+the text summary, the HTML and its plots."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from fusepipe.report import stage
+from fusepipe.report import headline, stage
 
 RESULTS = {
     "piv": ({"kind": "pivot"}, {"toy_arith": 0.2, "toy_facts": 0.3, "toy_strings": 0.1, "win_rate_vs_pivot": 0.5}),
@@ -15,7 +17,10 @@ RESULTS = {
                                                                  "toy_strings": 0.1, "win_rate_vs_pivot": 0.55}),
     "merge.f.sce": ({"kind": "merge"}, {"toy_arith": 0.5, "toy_facts": 0.35, "toy_strings": 0.2,
                                         "win_rate_vs_pivot": 0.7}),
+    "train.fc.piv": ({"kind": "train", "recipe_kind": "fusechat"}, {"toy_arith": 0.4, "toy_facts": 0.4,
+                                                                    "toy_strings": 0.3, "win_rate_vs_pivot": 0.6}),
 }
+N = {"arith": 100, "facts": 50, "strings": 20}  # items per domain, as the toy suite's tasks report them
 
 
 @pytest.fixture
@@ -24,7 +29,12 @@ def written(tmp_path):
     for model, (about, metrics) in RESULTS.items():
         p = tmp_path / "eval" / model / "results.json"
         p.parent.mkdir(parents=True)
-        p.write_text(json.dumps({"model": model, "about": about, "metrics": metrics, "suites": {}}))
+        toy = {k: v for k, v in metrics.items() if k.startswith("toy_")}
+        rm = {k: v for k, v in metrics.items() if not k.startswith("toy_")}
+        p.write_text(json.dumps({"model": model, "about": about, "metrics": metrics,
+                                 "suites": {"toy": toy, "rm": rm}}))
+        (p.parent / "toy.json").write_text(json.dumps({"model": model, "kind": "toy", "metrics": toy, "tasks": {
+            f"fusepipe_toy_{d}": {"acc,none": toy[f"toy_{d}"], "n": n} for d, n in N.items()}}))
         paths.append(p)
     return tmp_path, paths
 
@@ -34,10 +44,66 @@ def test_rows_hold_values_and_deltas(written):
     metrics, rows = stage.table_rows(stage.load_results(paths), "piv")
     assert metrics[:3] == ["toy_arith", "toy_facts", "toy_strings"]
     by = {r["model"]: r for r in rows}
-    assert [r["model"] for r in rows] == ["piv", "src", "train.sft.sft", "merge.f.sce"]
+    assert [r["model"] for r in rows] == ["piv", "src", "train.sft.sft", "train.fc.piv", "merge.f.sce"]
     assert by["merge.f.sce"]["Δpivot:toy_arith"] == pytest.approx(0.3)
     assert by["merge.f.sce"]["Δsft:toy_arith"] == pytest.approx(0.25)
     assert by["piv"]["Δpivot:toy_facts"] == 0
+
+
+def test_wilson_interval_known_values():
+    assert headline.wilson(0.5, 100) == pytest.approx((0.404, 0.596), abs=5e-4)
+    lo, hi = headline.wilson(0.84, 100)
+    assert (lo, hi) == pytest.approx((0.7558, 0.8990), abs=5e-4)
+    assert headline.half_width(lo, hi) == pytest.approx(0.072, abs=5e-4)
+    assert headline.wilson(0.0, 10) == pytest.approx((0.0, 0.2775), abs=5e-4)  # never below 0, unlike Wald
+    assert headline.wilson(1.0, 10) == pytest.approx((0.7225, 1.0), abs=5e-4)
+    assert headline.estimate((0.84, lo, hi, 100)) == "0.840 ±0.072"
+
+
+def test_mean_interval_is_the_pooled_proportion_when_domains_are_equal():
+    m, lo, hi, n = headline.mean_interval([0.84, 0.59, 0.69], [100, 100, 100])
+    assert (m, n) == (pytest.approx(0.7067, abs=1e-4), 300)
+    assert (lo, hi) == pytest.approx(headline.wilson(212 / 300, 300))
+
+
+def test_item_counts_come_from_the_suite_files(written):
+    _, paths = written
+    assert headline.item_counts(paths[0], ["toy", "rm"]) == {f"toy_{d}": n for d, n in N.items()}
+    toy = paths[0].parent / "toy.json"  # without tasks' n: the toy suite's examples per domain
+    toy.write_text(json.dumps({"kind": "toy", "examples": [{"domain": "arith"}] * 3 + [{"domain": "facts"}]}))
+    assert headline.item_counts(paths[0], ["toy"]) == {"toy_arith": 3, "toy_facts": 1}
+
+
+def _headline(paths, drop_sft=False):
+    results = stage.load_results(paths)
+    if drop_sft:
+        results.pop("train.sft.sft")
+    counts = {m: headline.item_counts(p, ["toy"]) for m, p in zip(RESULTS, paths, strict=True)}
+    sft = stage.baseline_of(results)
+    return (*headline.headline_rows(results, counts, "piv", sft), sft)
+
+
+def test_headline_columns_and_row_order(written):
+    _, paths = written
+    domains, rows, sft = _headline(paths)
+    assert sft == "train.sft.sft"
+    assert headline.columns(domains, sft) == ["model", "toy_arith", "toy_facts", "toy_strings", "mean", "Δpivot",
+                                              "Δsft"]
+    assert len(headline.columns([f"task{i}" for i in range(9)], sft)) == 8  # a long lm-eval suite: 4 shown
+    # pivot, sources, SFT, fusion targets, merges
+    assert [r["model"] for r in rows] == ["piv", "src", "train.sft.sft", "train.fc.piv", "merge.f.sce"]
+    merged = rows[-1]
+    assert merged["toy_arith"][:2] == pytest.approx((0.5, headline.wilson(0.5, 100)[0]))
+    assert merged["toy_strings"][3] == 20
+    assert merged["mean"][0] == pytest.approx((0.5 + 0.35 + 0.2) / 3)
+    assert merged["mean"][3] == 170
+    assert merged["Δpivot"] == pytest.approx((0.5 + 0.35 + 0.2 - 0.6) / 3)
+    assert merged["Δsft"] == pytest.approx((0.5 + 0.35 + 0.2 - 0.65) / 3)
+    domains, rows, sft = _headline(paths, drop_sft=True)  # no SFT model: no Δ SFT column
+    assert sft is None and headline.columns(domains, sft)[-1] == "Δpivot"
+    assert all(r["Δsft"] is None for r in rows)
+    words = " ".join(headline.legend(domains, rows, "piv", sft).split())
+    assert "no SFT model" in words and "n = 100 / 50 / 20 items (arith / facts / strings)" in words
 
 
 def test_report_writes_html_summary_csv_and_plots(written):
@@ -48,9 +114,34 @@ def test_report_writes_html_summary_csv_and_plots(written):
     assert (out / "domains.png").stat().st_size > 1000
     page = (out / "index.html").read_text()
     assert "merge.f.sce" in page and "Against the SFT baseline" in page and "<img src='domains.png'" in page
+    # the page leads with the headline table; the full metric tables come after it
+    assert page.index("<table") == page.index("<table class='headline'>") < page.index("<h2>All metrics</h2>")
     summary = (out / "summary.txt").read_text().splitlines()
-    assert summary[0].split()[:3] == ["model", "toy_arith", "toy_facts"]
+    assert summary[1].split() == ["model", "arith", "facts", "strings", "mean", "Δ", "pivot", "Δ", "SFT"]
+    assert [line.split()[0] for line in summary[2:7]] == ["piv", "src", "train.sft.sft", "train.fc.piv",
+                                                          "merge.f.sce"]
     merged = next(line for line in summary if line.startswith("merge.f.sce"))
-    assert "0.500 ( +0.300)" in merged
+    assert merged.split() == ["merge.f.sce", "0.500", "±0.096", "0.350", "±0.128", "0.200", "±0.168", "0.350",
+                              "±0.071", "+0.150", "+0.133"]
+    assert max(len(line) for line in summary) <= 120  # fits a 120-column terminal
+    assert "Other metrics" in done["summary"] and "win_rate_vs_pivot" in done["summary"]
     csv_head = (out / "results.csv").read_text().splitlines()[0]
-    assert csv_head.startswith("model,kind,toy_arith")
+    assert csv_head.startswith("model,kind,toy_arith") and "lo95:toy_arith,hi95:toy_arith" in csv_head
+
+
+def test_html_headline_is_the_summary_table_and_narrow(written):
+    workdir, paths = written
+    out = workdir / "report"
+    stage.run({"pivot": "piv"}, workdir, paths, out)
+    page = (out / "index.html").read_text()
+    table = re.search(r"<table class='headline'>.*?</table>", page).group(0)
+    head = re.findall(r"<th>(.*?)</th>", table)
+    assert len(head) <= 8
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]]
+    # the same cells as summary.txt's headline
+    text_rows = [line.split() for line in (out / "summary.txt").read_text().splitlines()[2:7]]
+    assert [" ".join(c).split() for c in cells] == text_rows
+    # width budget for a 1400 px window: <= ~100 characters a row at 14 px (~8 px a character) plus padding
+    assert max(sum(len(c) for c in row) for row in cells) <= 100
+    style = re.search(r"<style>(.*?)</style>", page).group(1)
+    assert "max-width:1360px" in style and "nowrap" not in style

@@ -1,6 +1,8 @@
 """`report` stage: report/index.html, its plots, report/results.csv and report/summary.txt from the run's
-artifacts: every model's evaluation (eval/*/results.json) with deltas against the pivot and the SFT baseline
-(ProFuser Table 1 / FuseChat Table 1 layout), per-domain bars, training curves per phase and mode, the reward
+artifacts. Both lead with one headline table (`report.headline`: accuracy per domain ±95 % Wilson interval, the
+mean over domains, its Δ against the pivot and the SFT baseline; ProFuser Table 1 / FuseChat Table 1 layout);
+below it, under their own headings: every model × metric (eval/*/results.json), the deltas of every metric against
+the pivot and the SFT baseline, per-domain bars, training curves per phase and mode, the reward
 models' vote shares and agreement (ProFuser Figure 1), alignment coverage per pair, merge coefficients per layer,
 and time and storage per stage from the manifests.
 """
@@ -15,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from fusepipe.artifacts import MANIFEST, write_json
+from fusepipe.report import headline
 
 log = logging.getLogger("fusepipe.report")
 
-HEADLINE = ("toy_arith", "toy_facts", "toy_strings", "toy_mean", "win_rate_vs_pivot")
+METRIC_ORDER = ("toy_arith", "toy_facts", "toy_strings", "toy_mean", "win_rate_vs_pivot")
 
 
 def load_results(result_paths: list[str | Path]) -> dict[str, dict[str, Any]]:
@@ -37,7 +40,7 @@ def baseline_of(results: dict[str, dict[str, Any]]) -> str | None:
 def table_rows(results: dict[str, dict[str, Any]], pivot: str) -> tuple[list[str], list[dict[str, Any]]]:
     """Metric columns and one row per model: values, Δ vs pivot, Δ vs SFT baseline."""
     metrics = sorted({k for r in results.values() for k in r["metrics"]},
-                     key=lambda k: (HEADLINE.index(k) if k in HEADLINE else len(HEADLINE), k))
+                     key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER else len(METRIC_ORDER), k))
     base = baseline_of(results)
     rows = []
     for model, r in results.items():
@@ -48,22 +51,35 @@ def table_rows(results: dict[str, dict[str, Any]], pivot: str) -> tuple[list[str
                     a, b = r["metrics"].get(m), results[ref]["metrics"].get(m)
                     row[f"{tag}:{m}"] = None if a is None or b is None else a - b
         rows.append(row)
-    order = {"pivot": 0, "source": 1, "train": 2, "merge": 3}
-    rows.sort(key=lambda r: (order.get(r["kind"], 4), r["model"]))
+    rows.sort(key=lambda r: headline.order_key(r["model"], results[r["model"]]["about"]))
     return metrics, rows
 
 
-def text_table(metrics: list[str], rows: list[dict[str, Any]], columns: tuple[str, ...] = HEADLINE) -> str:
-    cols = [c for c in columns if c in metrics] or metrics[:6]
-    width = max(len(r["model"]) for r in rows) if rows else 5
-    lines = [f"{'model':{width}}  " + "  ".join(f"{c:>18}" for c in cols)]
+def text_table(metrics: list[str], rows: list[dict[str, Any]], width: int = 120) -> str:
+    """Raw values of `metrics` per model (3 decimals), as many columns as fit in `width` characters."""
+    name = max((len(r["model"]) for r in rows), default=5)
+    cols, used = [], name
+    for c in metrics:
+        if used + 2 + max(len(c), 6) > width:
+            break
+        cols.append(c)
+        used += 2 + max(len(c), 6)
+    lines = [f"{'model':{name}}" + "".join(f"  {c:>{max(len(c), 6)}}" for c in cols)]
     for r in rows:
-        cells = []
-        for c in cols:
-            v, d = r.get(c), r.get(f"Δpivot:{c}")
-            cells.append(f"{'-':>18}" if v is None else f"{v:8.3f} ({'' if d is None else f'{d:+.3f}':>7})")
-        lines.append(f"{r['model']:{width}}  " + "  ".join(cells))
+        lines.append(f"{r['model']:{name}}" + "".join(
+            f"  {'-' if r.get(c) is None else f'{r[c]:.3f}':>{max(len(c), 6)}}" for c in cols))
     return "\n".join(lines)
+
+
+def summary_text(domains: list[str], head: list[dict[str, Any]], metrics: list[str], rows: list[dict[str, Any]],
+                 pivot: str, sft: str | None) -> str:
+    """summary.txt: the headline table and its legend, then the other metrics (judge win rate, RM scores, ...)."""
+    out = ["Headline: accuracy per domain and their mean (±95 % interval), Δ of the mean", headline.text(domains, head, sft), headline.legend(domains, head, pivot, sft)]
+    rest = [m for m in metrics if m not in domains[:headline.MAX_DOMAINS] and not m.endswith("_mean")]
+    if rest:
+        out += ["", "Other metrics (raw values; every metric and its deltas: results.csv, index.html)",
+                text_table(rest, rows)]
+    return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------------------- plots
@@ -197,36 +213,56 @@ def _html_table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+STYLE = ("body{font-family:sans-serif;max-width:1360px;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+         "th{white-space:normal;overflow-wrap:anywhere}td:first-child{text-align:left}"
+         ".wide{max-width:100%;overflow-x:auto}table.headline{font-size:14px}img{max-width:100%}")
+
+
+def _wide(table: str) -> str:
+    """A secondary table in a box that scrolls sideways instead of widening the page."""
+    return f"<div class='wide'>{table}</div>"
+
+
 def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Path], out_dir: str | Path) -> dict:
     workdir, out_dir = Path(workdir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pivot = params["pivot"]
     results = load_results(result_paths)
+    where = {json.loads(Path(p).read_text())["model"]: p for p in result_paths}
+    counts = {m: headline.item_counts(where[m], list(r.get("suites") or {})) for m, r in results.items()}
+    sft = baseline_of(results)
     metrics, rows = table_rows(results, pivot)
-    summary = text_table(metrics, rows)
+    domains, head = headline.headline_rows(results, counts, pivot, sft)
+    summary = summary_text(domains, head, metrics, rows, pivot, sft)
     (out_dir / "summary.txt").write_text(summary + "\n")
     import csv
 
+    by_head = {h["model"]: h for h in head}
+    csv_rows = [{**r, **headline.csv_fields(domains, by_head[r["model"]])} for r in rows]
     with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
+        writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]) if csv_rows else ["model"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_rows)
     plots = {name: fn for name, fn in (
         ("domains.png", lambda p: plot_domains(results, p)),
         ("training.png", lambda p: plot_training(workdir, p, set(results))),
         ("merge.png", lambda p: plot_merge(workdir, p, set(results))))}
     made = [name for name, fn in plots.items() if fn(out_dir / name)]
     intro = (f"<h1>fusepipe report</h1><p>workdir <code>{html.escape(str(workdir))}</code>, pivot "
-             f"<b>{html.escape(pivot)}</b>, SFT baseline: {html.escape(str(baseline_of(results)))}</p>")
-    results_head = ("<h2>Results</h2><p>Every model on every suite; Δ against the pivot (and the SFT baseline when "
-                    "the run trains one).</p>")
-    sections = [intro, results_head,
-                _html_table(["model", "kind", *metrics, *[f"Δpivot {m}" for m in metrics]],
-                            [[r["model"], r["kind"], *[r.get(m) for m in metrics],
-                              *[r.get(f"Δpivot:{m}") for m in metrics]] for r in rows])]
-    if baseline_of(results):
-        sections.append("<h3>Against the SFT baseline</h3>" + _html_table(
-            ["model", *metrics], [[r["model"], *[r.get(f"Δsft:{m}") for m in metrics]] for r in rows]))
+             f"<b>{html.escape(pivot)}</b>, SFT baseline: {html.escape(str(sft))}</p>")
+    sections = [intro, "<h2>Headline</h2>", headline.html_table(domains, head, sft),
+                f"<p>{html.escape(headline.legend(domains, head, pivot, sft))}</p>",
+                ("<h2>All metrics</h2><p>Every model on every suite (toy accuracy, the RM judge's win rate against "
+                 "the pivot and mean raw score per reward model, ...).</p>"),
+                _wide(_html_table(["model", "kind", *metrics],
+                                  [[r["model"], r["kind"], *[r.get(m) for m in metrics]] for r in rows])),
+                "<h3>Δ against the pivot</h3>",
+                _wide(_html_table(["model", *metrics], [[r["model"], *[r.get(f"Δpivot:{m}") for m in metrics]]
+                                                        for r in rows]))]
+    if sft:
+        sections.append("<h3>Against the SFT baseline</h3>" + _wide(_html_table(
+            ["model", *metrics], [[r["model"], *[r.get(f"Δsft:{m}") for m in metrics]] for r in rows])))
     titles = (("domains.png", "Per domain"), ("training.png", "Training curves (phases split by grey lines)"),
               ("merge.png", "Merge coefficients per layer"))
     for name, title in titles:
@@ -253,12 +289,11 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
     costs = stage_costs(workdir)
     sections.append("<h2>Time and storage per stage</h2>" + _html_table(
         ["stage", "job seconds (sum)", "MB on disk"], [[s, t, b / 1e6] for s, t, b in costs]))
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}")
     (out_dir / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>fusepipe "
-                                        f"report</title><style>{style}</style></head><body>"
+                                        f"report</title><style>{STYLE}</style></head><body>"
                                         + "\n".join(sections) + "</body></html>")
     write_json({"stage": "report", "models": list(results), "metrics": metrics, "plots": made,
+                "headline": headline.columns(domains, sft), "item_counts": counts,
                 "timings_s": {}}, out_dir / MANIFEST)
     log.info("report: %s (%d models, %d plots)", out_dir / "index.html", len(results), len(made))
-    return {"summary": summary, "rows": rows, "plots": made}
+    return {"summary": summary, "rows": rows, "headline": head, "plots": made}
