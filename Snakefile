@@ -65,5 +65,5 @@ onsuccess:
         print(f"\nAblation grids, full report: {paths.report_file(W, 'ablations.html')}")
         print(Path(paths.report_file(W, "ablations.md")).read_text())
     elif Path(paths.report_file(W, "summary.txt")).is_file():
-        print(f"\nResults (Δ against the pivot), full report: {paths.report_file(W)}")
+        print(f"\nResults (the headline; Δ against the pivot and SFT), full report: {paths.report_file(W)}")
         print(Path(paths.report_file(W, "summary.txt")).read_text())

@@ -46,7 +46,7 @@ def test_a_run_ends_with_the_summary_and_the_results(pipeline, tmp_path):
     proc = snakemake(copy_pipeline(pipeline, tmp_path), "all", "--forcerun", "report")
     out = proc.stdout + proc.stderr
     assert "rule report:" in out and "fusepipe: results" in out
-    assert "Results (Δ against the pivot), full report: results/report/index.html" in out
+    assert "Results (the headline; Δ against the pivot and SFT), full report: results/report/index.html" in out
     assert (tmp_path / "results" / "report" / "summary.txt").read_text().strip() in out
 
 
