@@ -139,7 +139,7 @@ def deepspeed_step(folder: Path) -> dict:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from fusepipe import config as fpconfig
+    from fusepipe import pipeline as fppipeline
     from fusepipe.train import loop
     from fusepipe.train.data import Example, Teacher, plan
 
@@ -159,7 +159,7 @@ def deepspeed_step(folder: Path) -> dict:
                       {"name": "src", "path": str(pivot), "role": "source"}],
            "data": {"sources": [{"name": "d", "path": "unused.jsonl"}]}, "logits": {"modes": ["gt"]},
            "recipes": [{"name": "fusechat", "kind": "fusechat"}]}  # fmt: skip
-    params = fpconfig.stage_slice(fpconfig.load_dict(raw), "train", "fusechat/src")
+    params = fppipeline.stage_slice(fppipeline.load_dict(raw), "train", "fusechat/src")
     params["recipe"]["train"].update(micro_batch=2, global_batch=4, max_steps=1, save_every=1, zero_stage=2,
                                      gradient_checkpointing=True, lr=1e-4)  # fmt: skip
     rng = np.random.default_rng(0)

@@ -45,15 +45,15 @@ def test_toy_grids_expand_into_variants_reusing_configured_runs():
                      *[(s, f"train.abl-schedule-{s}.all", None, False)
                        for s in ("simulfuse", "reversefuse", "gtlen", "fuse", "csft")]],
         "fusion": [("mince", "train.abl-fusion-mince.all", None, False),
-                   ("udf", "train.abl-fusion-udf.all", None, True),
+                   ("udf", "train.udf.all", "config", True),  # the default's udf recipe, same budget
                    ("naive", "train.abl-fusion-naive.all", None, False)],
         "structure": [("pairwise", "merge.abl-structure-pairwise.rsaf", None, True),
-                      ("unified", "train.abl-fusion-udf.all", "grid fusion", False)],
+                      ("unified", "train.udf.all", "config", False)],
     }
     generated = {r.name: r for r in plan.recipes}
     assert list(generated) == ["abl-vocab-mined", "abl-vocab-em", *[f"abl-schedule-{s}" for s in (
-        "simulfuse", "reversefuse", "gtlen", "fuse", "csft")], "abl-fusion-mince", "abl-fusion-udf",
-        "abl-fusion-naive", "abl-structure-pairwise"]
+        "simulfuse", "reversefuse", "gtlen", "fuse", "csft")], "abl-fusion-mince", "abl-fusion-naive",
+        "abl-structure-pairwise"]
     assert generated["abl-schedule-gtlen"].kind == "profuser" and generated["abl-schedule-gtlen"].schedule == "gtlen"
     assert generated["abl-fusion-naive"].kind == "infifusion_unified"
     assert generated["abl-fusion-naive"].fusion.function == "naive"
@@ -62,7 +62,7 @@ def test_toy_grids_expand_into_variants_reusing_configured_runs():
     # Generated recipes use the ablations' train block (the profuser recipe's, hence its reuse).
     assert generated["abl-schedule-csft"].train == cfg.ablations.train
     # Nothing generated enters `all`: the config's recipes, merges and evaluation ids are unchanged.
-    assert [r.name for r in cfg.recipes] == ["fusechat", "sft", "profuser"]
+    assert [r.name for r in cfg.recipes] == ["fusechat", "sft", "profuser", "udf"]
     assert fppipeline.merge_pairs(cfg) == [("fusechat", "sce"), ("fusechat", "rsaf")]
     assert not [m for m in fppipeline.eval_models(cfg) if "abl-" in m or m.endswith((".ties", ".dare"))]
     assert set(fppipeline.eval_models(cfg, ablations=True)) == set(fppipeline.eval_models(cfg)) | set(plan.eval_models)
@@ -123,7 +123,7 @@ def _set(path: str, value):
      r"ablations\.fusion: reference 'minilogit' is not one of the grid's values \(mince, udf, naive\)"),
     (_set("ablations.vocab.values", ["ms", "em", "em"]), r"ablations\.vocab: values: duplicated em"),
     (_set("ablations.merge.recipe", "nope"),
-     r"ablations\.merge\.recipe: no recipe named 'nope' \(recipes: fusechat, sft, profuser\)"),
+     r"ablations\.merge\.recipe: no recipe named 'nope' \(recipes: fusechat, sft, profuser, udf\)"),
     (_set("ablations.vocab.recipe", "profuser"),
      r"ablations\.vocab\.recipe: recipe 'profuser' trains one unified target.*needs a pairwise recipe"),
     (_set("ablations.grids", ["merge", "sweep"]), r"ablations\.grids\.1: Input should be 'merge'"),
@@ -197,8 +197,8 @@ def _job_stats(out: str) -> dict[str, int]:
 
 
 ALL_JOBS = {"toy_world": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8, "logits_inf": 8,
-            "align_links": 12, "align_vocab": 3, "align_project": 12, "align_coverage": 3, "fuse": 10, "train": 5,
-            "merge": 2, "evaluate": 22, "eval_results": 11, "report": 1, "all": 1}
+            "align_links": 12, "align_vocab": 3, "align_project": 12, "align_coverage": 3, "fuse": 12, "train": 6,
+            "merge": 2, "evaluate": 24, "eval_results": 12, "report": 1, "all": 1}
 
 
 def test_dry_run_ablations_adds_exactly_the_grid_jobs_and_all_is_unchanged(tmp_path):

@@ -171,4 +171,4 @@ def test_recipe_and_merge_names_are_checked():
     raw["merge"]["recipes"] = ["nope"]
     with pytest.raises(ConfigError) as err:
         fppipeline.load_dict(raw)
-    assert str(err.value) == "merge.recipes: no recipe named nope (recipes: fusechat, sft, profuser)"
+    assert str(err.value) == "merge.recipes: no recipe named nope (recipes: fusechat, sft, profuser, udf)"

@@ -78,7 +78,7 @@ def test_zero2_and_zero3_follow_a_plain_torch_loop(setup, tmp_path):
     np.testing.assert_allclose(zero2, reference, rtol=1e-4)
     np.testing.assert_allclose(zero3, reference, rtol=1e-4)
     for name in weights2:  # ZeRO-2 runs the fused chunked head, ZeRO-3 the module path: fp32 summation order differs
-        torch.testing.assert_close(weights3[name], weights2[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(weights3[name], weights2[name], rtol=1e-4, atol=5e-5)
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(setup, tmp_path, monkeypatch):
