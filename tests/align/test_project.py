@@ -21,6 +21,7 @@ from fusepipe.align import (
     vocab_map,
 )
 from fusepipe.align.dtw import MANY_TO_ONE, ONE_TO_ONE, UNALIGNED
+from fusepipe.align.project import chain
 
 from .conftest import encode
 
@@ -210,3 +211,73 @@ def test_bad_inputs_say_what_to_fix():
         project(links, np.array([0, 1]), np.array([0]), ids, lp, vmap, n_to_one="last")
     with pytest.raises(ValueError, match="source top-k id 1 is outside the vocabulary map .1 ids."):
         project(links, np.array([0]), np.array([0]), ids, lp, vmap[:1], n_to_one="last")
+
+
+def test_chain_gives_the_pivot_token_the_sources_probability_of_its_text():
+    """Pivot `▁18` ← source `Ġ`,`1`,`8` (many-to-one): the paper's rule averages distributions that predict `Ġ`,
+    `1` and `8`; the chain rule gives `▁18` the product p(Ġ)·p(1)·p(8) and the rest to the other mapped ids."""
+    links = links_of([(0, 3)], 3)
+    src_ids, piv_ids = np.array([5, 6, 7]), np.array([40])
+    ids = np.array([[5, 9], [6, 8], [7, 8]], np.int32)  # each row: the source's own token first, then id 8 or 9
+    lp = np.log(np.array([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5]], np.float32))
+    vmap = np.array([-1, -1, -1, -1, -1, 30, 31, 32, 33, 34], np.int32)
+    paper = project(links, piv_ids, src_ids, ids, lp, vmap, n_to_one="last", k=3)
+    assert 40 not in paper.ids[0].tolist()  # the paper's rule never names the pivot's own token here
+    out = chain(paper, links, piv_ids, np.log([0.9, 0.8, 0.5]))
+    probs = dict(zip(out.ids[0].tolist(), np.exp(out.logprobs[0].astype(np.float64)).tolist()))
+    assert probs[40] == pytest.approx(0.36, abs=1e-6)
+    rest = {v: p for v, p in zip(paper.ids[0].tolist(), np.exp(paper.logprobs[0].astype(np.float64))) if v >= 0}
+    total = sum(rest.values())
+    for v, p in rest.items():  # the paper's shape over the other ids, scaled to 1 − 0.36
+        assert probs[v] == pytest.approx(0.64 * p / total, abs=1e-6)
+    assert out.ids[0].tolist() == [40, 32, 33] and out.valid.tolist() == [True]  # most probable first, ties by id
+
+
+def test_chain_counts_a_source_token_that_feeds_several_pivot_tokens_once():
+    """Source `belongs` → pivot `belo`, `ngs` (one-to-many): p(belongs) goes to `belo`; `ngs` then has
+    probability 1 (the source already committed to the text)."""
+    links = links_of([(0, 1), (0, 1)], 1)
+    ids, lp = np.array([[3, 4]], np.int32), np.log(np.array([[0.7, 0.3]], np.float32))
+    vmap = np.array([-1, -1, -1, 10, 11], np.int32)
+    piv_ids = np.array([20, 21])
+    out = chain(project(links, piv_ids, np.array([3]), ids, lp, vmap, n_to_one="last"), links, piv_ids,
+                np.log([0.7]))
+    assert out.ids[0, 0] == 20 and np.exp(out.logprobs[0, 0]) == pytest.approx(0.7)
+    assert out.ids[1].tolist()[0] == 21 and np.exp(out.logprobs[1, 0]) == pytest.approx(1.0)
+    assert np.isneginf(out.logprobs[1, 1:]).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(projections(), st.integers(0, 4))
+def test_chain_keeps_a_distribution_and_the_product_on_the_pivot_token(case, own):
+    ranges, n_src, ids, probs, vmap = case
+    links = links_of(ranges, n_src)
+    with np.errstate(divide="ignore"):
+        lp = np.log(probs).astype(np.float32)
+    piv_ids = np.full(len(ranges), own, np.int64)
+    token_lp = np.log(np.linspace(0.3, 0.95, n_src))
+    paper = project(links, piv_ids, np.arange(n_src), ids, lp, vmap, n_to_one="last", k=ids.shape[1] * n_src)
+    out = chain(paper, links, piv_ids, token_lp)
+    p = np.exp(out.logprobs.astype(np.float64))
+    assert np.all(p.sum(1) <= 1 + 1e-5)
+    assert np.all(np.diff(np.where(out.ids >= 0, p, -1), axis=1) <= 1e-7)  # most probable first
+    counted = -1
+    for j, (a, b) in enumerate(ranges):
+        if b == a:
+            assert out.ids[j].tolist() == paper.ids[j].tolist()  # no link: untouched
+            continue
+        first = max(a, counted + 1)
+        expected = float(np.exp(token_lp[first:b].sum()))
+        counted = max(counted, b - 1)
+        got = p[j][out.ids[j] == own]
+        assert len(got) == 1 and got[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_chain_says_what_to_pass():
+    links = links_of([(0, 2)], 2)
+    proj = project(links, np.array([1]), np.array([0, 1]), np.zeros((2, 1), np.int32), np.zeros((2, 1)),
+                   np.array([0, 1], np.int32), n_to_one="last")
+    with pytest.raises(ValueError, match="links reach source token 2 but only 1 source log-probs were given"):
+        chain(proj, links, np.array([1]), np.zeros(1))
+    with pytest.raises(ValueError, match="links cover 1 pivot tokens but piv_ids has 2"):
+        chain(proj, links, np.array([1, 2]), np.zeros(2))

@@ -11,6 +11,14 @@ For pivot token j linked to source tokens i ∈ L(j) with weights w_i (Σ w_i = 
 Mass of source ids mapped to the same pivot id is summed (the reference keeps the first and drops the rest);
 source ids without a pivot counterpart lose their mass. The k most probable pivot ids are kept.
 A pivot token with no link, or none of whose source ids maps, gets a one-hot of its own token, valid = False.
+
+`chain` (fusepipe's option `align.projection: chain`, not in the papers): at a granularity mismatch the paper's
+rule feeds a pivot token the distribution of a source position that predicts something else (`▁18` ← `Ġ`,`1`,`8`:
+the distribution at `Ġ` predicts `Ġ`). The chain rule gives the pivot's own token the source's probability of the
+same text instead, the product of the source's probabilities of its linked tokens,
+    P_j = Π_{i ∈ L(j), i not counted before} p_src(src token i | its prefix)
+(a source token that feeds several pivot tokens counts at the first), and spreads 1 − P_j over the paper's q_j
+without the pivot token, renormalised: q'_j(g_j) = P_j, q'_j(v) = (1 − P_j) · q_j(v) / Σ_{u ≠ g_j} q_j(u).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from fusepipe.align.dtw import ONE_TO_ONE, Links
 from fusepipe.align.stats import MappingCounts, link_pairs
 
 N_TO_ONE = ("weighted", "last")
+PROJECTIONS = ("paper", "chain")
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,67 @@ def project(
         out.src_mass,
     )
     return out
+
+
+@njit(cache=True, nogil=True)
+def _chain(src_start, src_stop, piv_ids, src_token_lp, ids, lp):
+    """In place: P_j on the pivot's own token, 1 − P_j over the rest of row j renormalised (module docstring)."""
+    k = ids.shape[1]
+    counted = -1
+    for j in range(piv_ids.shape[0]):
+        if src_stop[j] <= src_start[j]:
+            continue
+        log_p = 0.0
+        for i in range(max(src_start[j], counted + 1), src_stop[j]):
+            log_p += src_token_lp[i]
+        counted = max(counted, src_stop[j] - 1)
+        p_own = np.exp(min(log_p, 0.0))
+        top = -np.inf  # the other ids' mass, relative to the largest (no underflow on tiny rows)
+        for t in range(k):
+            if ids[j, t] >= 0 and ids[j, t] != piv_ids[j]:
+                top = max(top, np.float64(lp[j, t]))
+        rest = 0.0
+        if top > -np.inf:
+            for t in range(k):
+                if ids[j, t] >= 0 and ids[j, t] != piv_ids[j]:
+                    rest += np.exp(np.float64(lp[j, t]) - top)
+        buf_id = np.full(k, -1, np.int64)
+        buf_p = np.zeros(k, np.float64)
+        buf_id[0], buf_p[0] = piv_ids[j], p_own
+        n = 1
+        for t in range(k):
+            if ids[j, t] >= 0 and ids[j, t] != piv_ids[j] and n < k and rest > 0.0:
+                buf_id[n], buf_p[n] = ids[j, t], (1.0 - p_own) * np.exp(np.float64(lp[j, t]) - top) / rest
+                n += 1
+        for r in range(k):  # most probable first, ties to the lower id
+            best = -1
+            for q in range(n):
+                if buf_p[q] >= 0.0 and (best < 0 or buf_p[q] > buf_p[best]
+                                        or (buf_p[q] == buf_p[best] and buf_id[q] < buf_id[best])):
+                    best = q
+            if best < 0 or buf_p[best] <= 0.0:
+                ids[j, r], lp[j, r] = -1, -np.inf
+            else:
+                ids[j, r], lp[j, r] = buf_id[best], np.log(buf_p[best])
+            if best >= 0:
+                buf_p[best] = -1.0
+
+
+def chain(proj: Projected, links: Links, piv_ids: np.ndarray, src_token_logprobs: np.ndarray) -> Projected:
+    """The chain rule over a projection (module docstring): the pivot token's probability is the source's
+    probability of the text it covers, `src_token_logprobs` (float [Ns]) being the source's log-prob of each of
+    its own tokens; the other ids keep the projection's shape. Positions without a link keep theirs."""
+    src_token_logprobs = np.asarray(src_token_logprobs, np.float64)
+    if len(links.src_start) != len(piv_ids):
+        raise ValueError(f"links cover {len(links.src_start)} pivot tokens but piv_ids has {len(piv_ids)}")
+    if len(links.src_stop) and links.src_stop.max(initial=0) > len(src_token_logprobs):
+        raise ValueError(f"links reach source token {int(links.src_stop.max())} but only "
+                         f"{len(src_token_logprobs)} source log-probs were given")
+    ids, lp = proj.ids.copy(), proj.logprobs.copy()
+    _chain(np.asarray(links.src_start, np.int64), np.asarray(links.src_stop, np.int64),
+           np.asarray(piv_ids, np.int64), src_token_logprobs, ids, lp)
+    linked = links.src_stop > links.src_start
+    return Projected(ids, lp, proj.valid | linked, proj.kind, proj.src_mass)
 
 
 def fit_k(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,12 @@ class AlignConfig(Strict):
         default="weighted",
         description="Many-to-one links: weighted (paper: average by mapping frequency) or last (public code).",
     )
+    projection: Literal["paper", "chain"] = Field(
+        default="paper",
+        description="paper: the linked source distributions, mapped (FuseChat); chain (fusepipe's option): the "
+        "pivot token gets the source's probability of the text it covers (the product of the linked source "
+        "tokens' probabilities), the rest keeps the paper's shape (docs/align.md).",
+    )
     k: int | None = Field(
         default=None, ge=1, le=64, description="Pivot ids kept per position after projection (None: logits.k)."
     )
