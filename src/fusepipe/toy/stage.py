@@ -260,6 +260,11 @@ def _build_rm(rspec: world.ToyRewardModel, tok, items, candidates: list[dict], p
     steps = int(preset.rm_steps * rspec.steps_scale)
     losses = train_rm(model, enc, tok.pad_token_id, steps, preset.batch, preset.rm_lr, seed)
     real = pairwise_accuracy(model, encode_pairs(tok, heldout_real, rspec.name), tok.pad_token_id)
+    by_prompt = {it.prompt: d for d in world.DOMAINS for it in items[d]}
+    by_domain = {}
+    for d in world.DOMAINS:
+        sub = [p for p in heldout_real if by_prompt[p[0][0]["content"]] == d]
+        by_domain[d] = round(float(pairwise_accuracy(model, encode_pairs(tok, sub, rspec.name), tok.pad_token_id)), 4)
     synthetic = pairwise_accuracy(model, encode_pairs(tok, heldout_synthetic, rspec.name), tok.pad_token_id)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -267,6 +272,7 @@ def _build_rm(rspec: world.ToyRewardModel, tok, items, candidates: list[dict], p
     return {
         "strength": rspec.strength, "label_noise": rspec.label_noise, "layers": rspec.layers,
         "knows": rspec.knows, "lm_train_loss": world.stats(lm_losses), "train_pairs": len(train), "heldout_real_pairs": len(heldout_real), "train_loss": world.stats(losses),
-        "real_pair_accuracy": round(float(real), 4), "pair_accuracy": round(float(synthetic), 4),
+        "real_pair_accuracy": round(float(real), 4), "real_pair_accuracy_by_domain": by_domain,
+        "pair_accuracy": round(float(synthetic), 4),
         "tokenizer_of": rspec.tokenizer_of,
     }
