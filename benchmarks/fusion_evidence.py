@@ -46,7 +46,7 @@ def seen_unseen(results: Path) -> None:
             c = counts[(e["domain"], json.dumps(e["prompt"])[1:-1] in blob)]
             c[0] += bool(e["correct"])
             c[1] += 1
-        row = "".join(f"{'%d/%d' % tuple(counts[(d, s)]):>15}" for d in DOMAINS for s in (True, False))
+        row = "".join(f"{'{}/{}'.format(*counts[(d, s)]):>15}" for d in DOMAINS for s in (True, False))
         print(Path(f).parent.name.ljust(30) + row)
 
 

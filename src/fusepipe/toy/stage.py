@@ -207,9 +207,8 @@ def _build_lm(spec: world.ToyModel, items, bench, fusion, preset: world.Preset, 
         candidates.parent.mkdir(parents=True, exist_ok=True)
         with open(candidates, "w") as f:
             for it, responses in zip(every, answers):
-                for r in responses:
-                    f.write(json.dumps({"model": spec.name, "domain": it.domain, "key": it.key, "response": r,
-                                        "correct": check(it, r)}) + "\n")
+                f.writelines(json.dumps({"model": spec.name, "domain": it.domain, "key": it.key, "response": r,
+                                         "correct": check(it, r)}) + "\n" for r in responses)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
