@@ -47,9 +47,30 @@ class Projected:
 
 
 @njit(cache=True, nogil=True)
+def _largest(buf_id, buf_p, n, out_ids, out_lp):
+    """The len(out_ids) largest of the n (id, probability) entries into one output row as (id, log p), most
+    probable first, ties to the lower id; -1 / -inf pads. Consumes buf_p."""
+    for r in range(out_ids.shape[0]):
+        best = -1
+        for q in range(n):
+            if buf_p[q] >= 0.0 and (
+                best < 0
+                or buf_p[q] > buf_p[best]
+                or (buf_p[q] == buf_p[best] and buf_id[q] < buf_id[best])
+            ):
+                best = q
+        if best < 0:
+            out_ids[r], out_lp[r] = -1, -np.inf
+        else:
+            out_ids[r], out_lp[r] = buf_id[best], np.log(buf_p[best])
+            buf_p[best] = -1.0
+
+
+@njit(cache=True, nogil=True)
 def _project(link_ptr, link_src, link_w, piv_ids, topk_ids, topk_lp, vmap, out_ids, out_lp, valid, src_mass):
-    """q_j over the links of each pivot token j: weighted, mapped, summed per pivot id, k_out largest kept."""
-    k_in, k_out = topk_ids.shape[1], out_ids.shape[1]
+    """q_j over the links of each pivot token j: weighted, mapped, summed per pivot id, the k_out largest kept
+    (k_out = out_ids.shape[1])."""
+    k_in = topk_ids.shape[1]
     widest = 1
     for j in range(piv_ids.shape[0]):
         widest = max(widest, link_ptr[j + 1] - link_ptr[j])
@@ -79,20 +100,7 @@ def _project(link_ptr, link_src, link_w, piv_ids, topk_ids, topk_lp, vmap, out_i
                 buf_p[q] += p
         src_mass[j] = mass
         valid[j] = n > 0
-        for r in range(k_out):  # the k_out largest, ties to the lower id
-            best = -1
-            for q in range(n):
-                if buf_p[q] >= 0.0 and (
-                    best < 0
-                    or buf_p[q] > buf_p[best]
-                    or (buf_p[q] == buf_p[best] and buf_id[q] < buf_id[best])
-                ):
-                    best = q
-            if best < 0:
-                out_ids[j, r], out_lp[j, r] = -1, -np.inf
-            else:
-                out_ids[j, r], out_lp[j, r] = buf_id[best], np.log(buf_p[best])
-                buf_p[best] = -1.0
+        _largest(buf_id, buf_p, n, out_ids[j], out_lp[j])
         if n == 0:
             out_ids[j, 0], out_lp[j, 0] = piv_ids[j], 0.0
 
@@ -182,6 +190,8 @@ def project(
 def _chain(src_start, src_stop, piv_ids, src_token_lp, ids, lp):
     """In place: P_j on the pivot's own token, 1 − P_j over the rest of row j renormalised (module docstring)."""
     k = ids.shape[1]
+    buf_id = np.empty(k, np.int64)
+    buf_p = np.empty(k, np.float64)
     counted = -1
     for j in range(piv_ids.shape[0]):
         if src_stop[j] <= src_start[j]:
@@ -200,26 +210,17 @@ def _chain(src_start, src_stop, piv_ids, src_token_lp, ids, lp):
             for t in range(k):
                 if ids[j, t] >= 0 and ids[j, t] != piv_ids[j]:
                     rest += np.exp(np.float64(lp[j, t]) - top)
-        buf_id = np.full(k, -1, np.int64)
-        buf_p = np.zeros(k, np.float64)
-        buf_id[0], buf_p[0] = piv_ids[j], p_own
-        n = 1
+        n = 0
+        if p_own > 0.0:
+            buf_id[0], buf_p[0] = piv_ids[j], p_own
+            n = 1
         for t in range(k):
             if ids[j, t] >= 0 and ids[j, t] != piv_ids[j] and n < k and rest > 0.0:
-                buf_id[n], buf_p[n] = ids[j, t], (1.0 - p_own) * np.exp(np.float64(lp[j, t]) - top) / rest
-                n += 1
-        for r in range(k):  # most probable first, ties to the lower id
-            best = -1
-            for q in range(n):
-                if buf_p[q] >= 0.0 and (best < 0 or buf_p[q] > buf_p[best]
-                                        or (buf_p[q] == buf_p[best] and buf_id[q] < buf_id[best])):
-                    best = q
-            if best < 0 or buf_p[best] <= 0.0:
-                ids[j, r], lp[j, r] = -1, -np.inf
-            else:
-                ids[j, r], lp[j, r] = buf_id[best], np.log(buf_p[best])
-            if best >= 0:
-                buf_p[best] = -1.0
+                q = (1.0 - p_own) * np.exp(np.float64(lp[j, t]) - top) / rest
+                if q > 0.0:
+                    buf_id[n], buf_p[n] = ids[j, t], q
+                    n += 1
+        _largest(buf_id, buf_p, n, ids[j], lp[j])
 
 
 def chain(proj: Projected, links: Links, piv_ids: np.ndarray, src_token_logprobs: np.ndarray) -> Projected:

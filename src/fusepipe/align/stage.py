@@ -362,7 +362,7 @@ def run_project(params: dict[str, Any], mode: str, shard: int, links_path: str |
         else:
             proj = project(lf.links, piv_ids, src_ids, topk_ids[lf.src_sel], topk_lp[lf.src_sel], vmap,
                            n_to_one=cfg["n_to_one"], counts=counts, k=k)
-            if cfg.get("projection", "paper") == "chain":
+            if cfg["projection"] == "chain":
                 proj = chain(proj, lf.links, piv_ids, token_lp[lf.src_sel])
         ptr, src_pos, w = link_weights(lf.links, src_ids, piv_ids, cfg["n_to_one"], counts)
         sel_entropy = _weighted_per_pivot(ptr, src_pos, w, entropy[lf.src_sel])
@@ -463,7 +463,7 @@ def run_coverage(params: dict[str, Any], shard_paths: dict[str, list[str | Path]
     report = {
         "pivot": params["pivot"]["name"], "source": params["source"]["name"],
         "method": params["align"]["method"], "vocab": params["align"]["vocab"],
-        "n_to_one": params["align"]["n_to_one"], "projection": params["align"].get("projection", "paper"),
+        "n_to_one": params["align"]["n_to_one"], "projection": params["align"]["projection"],
         **(coverage_report(merge_counts(everything), vmap) if everything else {}),
         "modes": per_mode,
         "mapping_counts": counts.summary(),

@@ -9,20 +9,27 @@ from fusepipe.toy.tasks import Item, check
 from fusepipe.toy.train import score
 
 
+def _encoded_batches(tokenizer, prompts: list[list[dict]], batch: int):
+    """(start index, left-padded encoding) of each batch of chat prompts, generation prompt appended."""
+    tokenizer.padding_side = "left"
+    try:
+        for i in range(0, len(prompts), batch):
+            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                     for p in prompts[i : i + batch]]
+            yield i, tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = "right"
+
+
 def generate(model, tokenizer, prompts: list[list[dict]], stop_ids: list[int], max_new_tokens: int = 40,
              batch: int = 64) -> list[str]:
     """Greedy responses, left-padded batches, stopping at any of `stop_ids`."""
-    tokenizer.padding_side = "left"
     out = []
-    for i in range(0, len(prompts), batch):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 for p in prompts[i : i + batch]]
-        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    for _, enc in _encoded_batches(tokenizer, prompts, batch):
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
                                  pad_token_id=tokenizer.pad_token_id)
         out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    tokenizer.padding_side = "right"
     return out
 
 
@@ -47,12 +54,8 @@ def sample(model, tokenizer, prompts: list[list[dict]], stop_ids: list[int], n: 
            temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 40, batch: int = 64) -> list[list[str]]:
     """`n` sampled responses per prompt (the pipeline's `generate` settings), seeded: the same on one machine."""
     torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
     out: list[list[str]] = [[] for _ in prompts]
-    for i in range(0, len(prompts), batch):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 for p in prompts[i : i + batch]]
-        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    for i, enc in _encoded_batches(tokenizer, prompts, batch):
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                                  top_p=top_p, top_k=0, num_return_sequences=n, eos_token_id=stop_ids,
@@ -60,7 +63,6 @@ def sample(model, tokenizer, prompts: list[list[dict]], stop_ids: list[int], n: 
         texts_out = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for j, text in enumerate(texts_out):
             out[i + j // n].append(text.strip())
-    tokenizer.padding_side = "right"
     return out
 
 
