@@ -1,0 +1,125 @@
+"""What a trained student took from a teacher beyond the ground truth (distillation transfer).
+
+Teacher-forced fusion (FuseChat Eq. 4, ProFuser Eq. 4-5, InfiFusion Eq. 7) trains the pivot, at every ground-truth
+position t, towards λ·1[y_t] + (1 − λ)·p_t (p_t: the fused teacher, renormalised over its top-k). Where the teacher
+agrees with the ground truth (argmax p_t = y_t, the usual case when the teacher knows the data) this has the same
+argmax as SFT's 1[y_t], so *greedy* answers on the fusion data cannot differ from SFT's at convergence whenever
+λ > 1/2 (FuseChat λ = 0.9); what fusion changes is the rest of the distribution. This module measures it: for a
+student (a trained or merged model folder) and a teacher (a source's distributions aligned onto the pivot,
+`align/{pivot}~{source}/gt`), over the valid aligned positions of the fusion data:
+
+- `nll_gt`:     mean −log q(y_t)                              (what SFT minimises)
+- `ce_teacher`: mean −Σ_v p_t(v) log q(v)                      (what the fusion term minimises)
+- `kl_teacher`: mean KL(p_t ‖ q) = ce_teacher − H(p_t)         (0 when the student is the teacher, on its top-k)
+- `top1_gt`:    share of positions where argmax q = y_t
+- `alt_mass`:   mean q(ŷ_t) where the teacher's top-1 ŷ_t ≠ y_t (the teacher's alternative; `n_alt` positions)
+
+A student trained with a broken fusion path (a garbled vocabulary map, a sign error) has no lower `kl_teacher`
+than the SFT student; tests/test_fusion_transfer.py checks that on the session's run.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusepipe.errors import ArtifactError
+
+METRICS = ("nll_gt", "ce_teacher", "kl_teacher", "top1_gt", "alt_mass", "n_alt", "n_tokens")
+
+
+def teacher_rows(aligned_shards: list[str | Path], keys: set[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per sample key: the aligned teacher's pivot token ids, top-k ids and log-probs, validity."""
+    from fusepipe.fuse.stage import aligned_dists
+
+    out = {}
+    for shard in aligned_shards:
+        d = aligned_dists(shard, "teacher")
+        for key in d.keys:
+            if keys is None or key in keys:
+                sl = d.span(key)
+                out[key] = {"token_ids": d.token_ids[sl], "ids": d.ids[sl], "logprobs": d.logprobs[sl],
+                            "valid": d.valid[sl]}
+    return out
+
+
+def _teacher_probs(ids: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
+    """p over the top-k, renormalised over the non-pad entries (as `losses._teacher` does); 0 at pads."""
+    ok = (ids >= 0) & np.isfinite(logprobs)
+    x = np.where(ok, logprobs.astype(np.float64), -np.inf)
+    m = np.max(np.where(ok, x, -1e300), axis=1, keepdims=True)
+    e = np.where(ok, np.exp(x - m), 0.0)
+    s = e.sum(axis=1, keepdims=True)
+    return np.divide(e, s, out=np.zeros_like(e), where=s > 0)
+
+
+def measure(student_path: str | Path, examples: list, teachers: dict[str, dict[str, np.ndarray]],
+            batch_size: int = 16) -> dict[str, float]:
+    """The METRICS of one student over `examples` (train.data.Example, ground-truth mode) against `teachers`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(student_path), torch_dtype=torch.float32)
+    model.eval()
+    sums = dict.fromkeys(("nll_gt", "ce_teacher", "kl_teacher", "top1_gt", "alt_mass"), 0.0)
+    n_tok = n_alt = 0
+    usable = [e for e in examples if e.key in teachers]
+    for start in range(0, len(usable), batch_size):
+        batch = usable[start:start + batch_size]
+        length = max(len(e.input_ids) for e in batch)
+        ids = torch.zeros((len(batch), length), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, e in enumerate(batch):
+            ids[b, :len(e.input_ids)] = torch.from_numpy(e.input_ids)
+            mask[b, :len(e.input_ids)] = 1
+        with torch.no_grad():
+            logq = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1).numpy()
+        for b, e in enumerate(batch):
+            t = teachers[e.key]
+            n = min(len(e.positions), len(t["token_ids"]))
+            if not np.array_equal(np.asarray(t["token_ids"][:n]), e.labels[:n]):
+                raise ArtifactError(f"sample {e.key}: the aligned teacher's tokens are not the student's targets")
+            pos = e.positions[:n][t["valid"][:n]]
+            if not len(pos):
+                continue
+            tids, tlp = t["ids"][:n][t["valid"][:n]], t["logprobs"][:n][t["valid"][:n]]
+            rows = logq[b, pos - 1]  # the state at t-1 predicts the token at t
+            labels = e.input_ids[pos]
+            p = _teacher_probs(tids, tlp)
+            q_top = np.take_along_axis(rows, np.maximum(tids, 0), axis=1)
+            ce = -(p * q_top).sum(1)
+            h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
+            sums["nll_gt"] += float(-rows[np.arange(len(pos)), labels].sum())
+            sums["ce_teacher"] += float(ce.sum())
+            sums["kl_teacher"] += float((ce - h).sum())
+            sums["top1_gt"] += float((rows.argmax(1) == labels).sum())
+            alt = (tids[:, 0] >= 0) & (tids[:, 0] != labels)
+            sums["alt_mass"] += float(np.exp(q_top[alt, 0]).sum())
+            n_tok += len(pos)
+            n_alt += int(alt.sum())
+    out = {k: v / max(n_tok, 1) for k, v in sums.items() if k != "alt_mass"}
+    out["alt_mass"] = sums["alt_mass"] / max(n_alt, 1)
+    return {**{k: round(v, 5) for k, v in out.items()}, "n_alt": n_alt, "n_tokens": n_tok}
+
+
+def examples_of(results: str | Path, recipe: str, target: str, pivot: dict[str, Any], domain: str | None,
+                max_len: int = 512) -> list:
+    """The ground-truth-mode training examples of one recipe target, those of the fusion data's `domain` only."""
+    import polars as pl
+
+    from fusepipe.models import load_tokenizer
+    from fusepipe.train.data import load_examples
+
+    results = Path(results)
+    shards = sorted(glob.glob(str(results / "targets" / recipe / target / "shard-*.parquet")))
+    if not shards:
+        raise ArtifactError(f"{results}/targets/{recipe}/{target}: no target shards; run the fuse stage first")
+    examples = [e for e in load_examples(shards, load_tokenizer(pivot), pivot, max_len) if e.mode == "gt"]
+    if domain is None:
+        return examples
+    data = pl.read_parquet(results / "data" / "train.parquet", columns=["sample_id", "source"])
+    domain_of = dict(zip(data["sample_id"], data["source"]))
+    return [e for e in examples if domain_of.get(e.key) == domain]
