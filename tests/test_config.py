@@ -148,8 +148,14 @@ def test_evaluation_suites_are_checked():
     raw["evaluate"]["run"] = ["toy", "mmlu-ish"]
     with pytest.raises(ConfigError) as err:
         fppipeline.load_dict(raw)
-    assert str(err.value) == ("evaluate.run: unknown suite 'mmlu-ish'; presets: open_llm, infifusion, fusechat, toy, "
-                              "rm, or define it under evaluate.suites")
+    assert str(err.value) == ("evaluate.run: unknown suite 'mmlu-ish'; presets: open_llm, infifusion, fusechat, toy, rm, "
+                              "transfer, or define it under evaluate.suites")
+    no_gt = {**raw, "evaluate": {**raw["evaluate"], "run": ["toy", "transfer"]}, "logits": {**raw["logits"], "modes": ["inf"]},
+             "recipes": [r for r in raw["recipes"] if r["name"] == "sft"]}
+    with pytest.raises(ConfigError) as err:
+        fppipeline.load_dict(no_gt)
+    assert str(err.value) == ("evaluate.run: suite 'transfer' measures models against the sources' aligned "
+                              "ground-truth distributions; it needs source models and 'gt' in logits.modes")
     raw["evaluate"]["suites"] = {"mine": {"kind": "lm_eval"}}
     raw["evaluate"]["run"] = ["mine"]
     with pytest.raises(ConfigError) as err:

@@ -176,6 +176,10 @@ def _evaluate_slice(cfg: Config, target: str | None) -> dict[str, Any]:
                            "pivot": cfg.pivot.name}
     if resolved["kind"] == "rm":
         out["reward_models"] = [{**_dump(r), **engine} for r in cfg.reward_models]
+    if resolved["kind"] == "transfer":
+        out["sources"] = [m.name for m in cfg.sources]
+        out["pivot_model"] = _dump(cfg.pivot)
+        out["logits"] = {"shards": cfg.logits.shards, "overlong": cfg.logits.overlong}
     return out
 
 

@@ -146,6 +146,9 @@ def check(cfg: Config) -> None:
                               "or pick lm-eval suites (open_llm, infifusion, fusechat)")
         if suite["kind"] == "lm_eval" and not suite["tasks"]:
             raise ConfigError(f"evaluate.suites.{name}: an lm_eval suite needs tasks")
+        if suite["kind"] == "transfer" and (not cfg.sources or "gt" not in cfg.logits.modes):
+            raise ConfigError(f"evaluate.run: suite {name!r} measures models against the sources' aligned "
+                              "ground-truth distributions; it needs source models and 'gt' in logits.modes")
     for r in cfg.recipes:
         res = resolve(r)
         missing = [m for m in res["modes"] if m not in cfg.logits.modes]

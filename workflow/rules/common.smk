@@ -75,6 +75,10 @@ def eval_inputs(wc):
         out["rms"] = local_inputs(*[r.path for r in CFG.reward_models])
         if wc.model != CFG.pivot.name:
             out["pivot"] = paths.eval_suite(W, CFG.pivot.name, wc.suite)
+    if suite["kind"] == "transfer":
+        out["data"] = paths.data(W, "train")
+        out["aligned"] = [paths.align_shard(W, CFG.pivot.name, s.name, "gt", i)
+                          for s in CFG.sources for i in range(CFG.logits.shards)]
     return out
 
 

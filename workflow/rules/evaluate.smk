@@ -22,7 +22,7 @@ rule evaluate:
     params:
         workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
         cfg=lambda wc: stage_params("evaluate", f"{wc.model}/{wc.suite}"),
-        code=stage_code("evaluate", "engines", "toy", "paths", "generate"),
+        code=stage_code("evaluate", "engines", "toy", "paths", "generate", "logits", "fuse", "train"),
     wildcard_constraints:
         model=EVAL_IDS,
         suite="|".join(EVAL_SUITES) or "none",

@@ -239,13 +239,17 @@ def run(params: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
             result = run_toy(params, workdir)
         elif suite["kind"] == "rm":
             result = run_rm(params, workdir)
+        elif suite["kind"] == "transfer":
+            from fusepipe.evaluate.transfer import run_suite
+
+            result = run_suite(params, workdir)
         else:
             result = run_lm_eval(params)
     doc = {"model": model["name"], "path": model["path"], "about": params["about"], "suite": suite["name"],
            "kind": suite["kind"], **result, "timings_s": manifest["timings_s"]}
     write_json(doc, out)
     log.info("%s on %s: %s", model["name"], suite["name"],
-             ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
+             ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()) or result.get("skipped", "-"))
     return doc
 
 

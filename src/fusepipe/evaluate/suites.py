@@ -19,6 +19,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "toy": {"kind": "toy"},
     # mean reward-model score of greedy responses to held-out prompts, and win rate against the pivot
     "rm": {"kind": "rm"},
+    # what a model took from each source beyond the ground truth: KL(source aligned ‖ model) on the fusion data
+    # (evaluate/transfer.py); models with the pivot's tokenizer only (the pivot, trained and merged models)
+    "transfer": {"kind": "transfer", "max_prompts": 400},
 }
 
 

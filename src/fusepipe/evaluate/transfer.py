@@ -62,7 +62,7 @@ def measure(student_path: str | Path, examples: list, teachers: dict[str, dict[s
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(student_path), torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(student_path), dtype=torch.float32)
     model.eval()
     sums = dict.fromkeys(("nll_gt", "ce_teacher", "kl_teacher", "top1_gt", "alt_mass"), 0.0)
     n_tok = n_alt = 0
@@ -103,6 +103,53 @@ def measure(student_path: str | Path, examples: list, teachers: dict[str, dict[s
     out = {k: v / max(n_tok, 1) for k, v in sums.items() if k != "alt_mass"}
     out["alt_mass"] = sums["alt_mass"] / max(n_alt, 1)
     return {**{k: round(v, 5) for k, v in out.items()}, "n_alt": n_alt, "n_tokens": n_tok}
+
+
+def examples_from_data(data_path: str | Path, pivot: dict[str, Any], overlong: str, limit: int | None) -> list:
+    """The first `limit` fusion conversations (sample_id order) tokenized for the pivot as the logits stage does
+    (every assistant message a target; `max_model_len` and `overlong` as there)."""
+    from fusepipe.generate.stage import read_conversations
+    from fusepipe.logits.capture import prepare
+    from fusepipe.models import load_tokenizer
+    from fusepipe.train.data import Example
+
+    tokenizer = load_tokenizer(pivot)
+    out = []
+    for sid, messages in read_conversations(data_path, 0, 1)[:limit]:
+        prep = prepare(tokenizer, messages, last_only=False, max_len=int(pivot["max_model_len"]), overlong=overlong,
+                       name=pivot["name"], key=sid)
+        if prep is not None:
+            out.append(Example(sid, "gt", np.asarray(prep.ids, np.int64), prep.positions))
+    return out
+
+
+def run_suite(params: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
+    """The `transfer` suite of one model: per source `kl:{source}` (and `ce:{source}`), then `nll_gt` and
+    `top1_gt` (against the ground truth, the same for every source). A model without the pivot's tokenizer (a
+    source) has no figures: its distributions are over another vocabulary."""
+    from fusepipe import paths
+
+    model, pivot = params["model"], params["pivot_model"]
+    if model["name"] != pivot["name"] and params["about"].get("kind") not in ("train", "merge"):
+        return {"metrics": {}, "skipped": f"{model['name']} does not share the pivot's tokenizer"}
+    examples = examples_from_data(paths.data(workdir, "train"), pivot, params["logits"]["overlong"],
+                                  params["suite"]["max_prompts"])
+    keys = {e.key for e in examples}
+    metrics: dict[str, float] = {}
+    per_source = {}
+    for source in params["sources"]:
+        shards = [paths.align_shard(workdir, pivot["name"], source, "gt", i) for i in range(params["logits"]["shards"])]
+        missing = [s for s in shards if not Path(s).is_file()]
+        if missing:
+            raise ArtifactError(f"{missing[0]}: missing; run the align stage for {pivot['name']}~{source} first")
+        fig = measure(model["path"], examples, teacher_rows(shards, keys))
+        per_source[source] = fig
+        metrics[f"transfer_kl:{source}"] = fig["kl_teacher"]
+    if per_source:
+        first = next(iter(per_source.values()))
+        metrics["transfer_nll_gt"] = first["nll_gt"]
+        metrics["transfer_top1_gt"] = first["top1_gt"]
+    return {"metrics": metrics, "per_source": per_source, "conversations": len(examples)}
 
 
 def examples_of(results: str | Path, recipe: str, target: str, pivot: dict[str, Any], domain: str | None,

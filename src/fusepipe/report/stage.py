@@ -13,11 +13,12 @@ import html
 import json
 import logging
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from fusepipe.artifacts import MANIFEST, write_json
-from fusepipe.report import headline
+from fusepipe.report import headline, transfer
 
 log = logging.getLogger("fusepipe.report")
 
@@ -72,10 +73,15 @@ def text_table(metrics: list[str], rows: list[dict[str, Any]], width: int = 120)
 
 
 def summary_text(domains: list[str], head: list[dict[str, Any]], metrics: list[str], rows: list[dict[str, Any]],
-                 pivot: str, sft: str | None) -> str:
-    """summary.txt: the headline table and its legend, then the other metrics (judge win rate, RM scores, ...)."""
+                 pivot: str, sft: str | None, moved: tuple[list[str], list[list[Any]]] = ([], [])) -> str:
+    """summary.txt: the headline table and its legend, what fusion moved (the transfer suite), then the other
+    metrics (judge win rate, RM scores, ...)."""
     out = ["Headline: accuracy per domain and their mean (±95 % interval), Δ of the mean", headline.text(domains, head, sft), headline.legend(domains, head, pivot, sft)]
-    rest = [m for m in metrics if m not in domains[:headline.MAX_DOMAINS] and not m.endswith("_mean")]
+    if moved[1]:
+        out += ["", "What fusion moved: distance to each source on the fusion data", transfer.text(*moved),
+                textwrap.fill(transfer.LEGEND, 120)]
+    rest = [m for m in metrics if m not in domains[:headline.MAX_DOMAINS] and not m.endswith("_mean")
+            and not transfer.is_transfer(m)]
     if rest:
         out += ["", "Other metrics (raw values; every metric and its deltas: results.csv, index.html)",
                 text_table(rest, rows)]
@@ -234,7 +240,8 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
     sft = baseline_of(results)
     metrics, rows = table_rows(results, pivot)
     domains, head = headline.headline_rows(results, counts, pivot, sft)
-    summary = summary_text(domains, head, metrics, rows, pivot, sft)
+    moved = transfer.table(results, [r["model"] for r in rows])
+    summary = summary_text(domains, head, metrics, rows, pivot, sft, moved)
     (out_dir / "summary.txt").write_text(summary + "\n")
     import csv
 
@@ -253,6 +260,8 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
              f"<b>{html.escape(pivot)}</b>, SFT baseline: {html.escape(str(sft))}</p>")
     sections = [intro, "<h2>Headline</h2>", headline.html_table(domains, head, sft),
                 f"<p>{html.escape(headline.legend(domains, head, pivot, sft))}</p>",
+                *([("<h2>What fusion moved</h2>" + _html_table(*moved) + f"<p>{html.escape(transfer.LEGEND)}</p>")]
+                  if moved[1] else []),
                 ("<h2>All metrics</h2><p>Every model on every suite (toy accuracy, the RM judge's win rate against "
                  "the pivot and mean raw score per reward model, ...).</p>"),
                 _wide(_html_table(["model", "kind", *metrics],
