@@ -315,11 +315,11 @@ def stage(args: argparse.Namespace, tmp: Path) -> None:
     pq.write_table(pa.Table.from_pylist(copies, schema=pq.read_schema(args.data)), tmp / "train.parquet")
     times: dict[str, list[float]] = {"bare": [], "stage": []}
     for _ in range(args.repeats):
-        for kind in times:
+        for kind, seconds in times.items():
             cmd = [sys.executable, __file__, "--one", kind, "--tmp", str(tmp), "--toy", str(args.toy),
                    "--model", args.model]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            times[kind].append(float(out.split("SECONDS")[-1]))
+            seconds.append(float(out.split("SECONDS")[-1]))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"stage vs bare vLLM prompt_logprobs=10: {args.conversations} conversations, {args.model}, "
           f"{args.repeats} repeats (fresh process each; engine start included, imports excluded)")

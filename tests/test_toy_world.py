@@ -157,3 +157,26 @@ def test_a_pool_worker_builds_what_the_parent_would(toy, tmp_path):
                                                                        built["real_pair_accuracy"])
     weights = "model.safetensors"
     assert file_hash(tmp_path / "reward_models" / name / weights) == file_hash(toy / "reward_models" / name / weights)
+
+
+def test_the_twin_is_the_arith_expert_with_the_pivots_tokenizer(tmp_path):
+    """`toy.twin` adds llama-arith-twin last (the rest of the world keeps its order, seeds and files): a Llama that
+    knows what qwen-arith knows, with a tokenizer identical to the pivot's, so the align stage sees the same
+    tokenizer fingerprint and links it to the pivot one to one."""
+    assert world.models() == world.MODELS and world.models(twin=True) == (*world.MODELS, world.TWIN)
+    twin, pivot, expert = world.TWIN, world.MODELS[0], world.MODELS[1]
+    assert (twin.arch, twin.tokenizer, twin.strong) == ("llama", pivot.tokenizer, expert.strong)
+    preset = world.PRESETS["tiny"]
+    items = all_items(preset.sizes, 0)
+    assert world.known_items(twin, items, preset, 0) != world.known_items(pivot, items, preset, 0)
+    assert {it.key for it in world.known_items(twin, items, preset, 0) if it.domain == "arith"} == {
+        it.key for it in items["arith"]}
+    paths = world.output_paths(tmp_path, twin=True)
+    assert set(paths) - set(world.output_paths(tmp_path)) == {"model:llama-arith-twin", "candidates:llama-arith-twin"}
+    small = dataclasses.replace(preset, lm_steps=2)
+    bench = world.benchmark(items, small, 0)[:4]
+    fusion = {d: convs[:2] for d, convs in world.fusion_data(items, small, 0).items()}
+    for spec in (pivot, twin):
+        _build_lm(spec, items, bench, fusion, small, 7, tmp_path / spec.name)
+    same = (tmp_path / pivot.name / "tokenizer.json").read_bytes() == (tmp_path / twin.name / "tokenizer.json").read_bytes()
+    assert same

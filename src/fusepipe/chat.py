@@ -33,7 +33,7 @@ def render_text(tokenizer, messages: list[dict], name: str = "model") -> tuple[s
     """
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception as err:  # jinja errors, missing template
+    except Exception as err:  # noqa: BLE001 (jinja errors, missing template: any, reported as a DataError)
         raise DataError(f"{name}: cannot render the conversation with its chat template ({err})") from None
     spans: list[tuple[int, int]] = []
     cursor = 0

@@ -9,7 +9,7 @@ from fusepipe.toy.world import output_paths as toy_output_paths
 # Shared modules that shape outputs; config.py, params/, pipeline.py and cli.py only parse and dispatch (the slice
 # param covers config).
 SHARED_CODE = ("schemas", "artifacts", "chat", "models")
-TOY_PATHS = toy_output_paths(f"{W}/toy") if CFG.toy.enabled else {}
+TOY_PATHS = toy_output_paths(f"{W}/toy", CFG.toy.twin) if CFG.toy.enabled else {}
 TOY_OUTPUTS = [str(p) for p in TOY_PATHS.values()]
 # the toy world's outputs as Snakemake declares them: model and reward-model folders are directory() outputs
 TOY_DECLARED = [directory(str(p)) if k.startswith(("model:", "rm:")) else str(p) for k, p in TOY_PATHS.items()]

@@ -191,7 +191,7 @@ def _hf(
         if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
             extra["encoding"] = encoding  # the json/text builders' option
         ds = datasets.load_dataset(path, split=split, streaming=True, **extra)
-    except Exception as err:  # hub errors, missing folders, unknown splits
+    except Exception as err:  # noqa: BLE001 (hub errors, missing folders, unknown splits)
         raise DataError(f"{path}: cannot load with datasets.load_dataset (split {split!r}): {_first(err)}") from None
     rows = iter(ds)
     n = 0

@@ -22,9 +22,8 @@ def causal_lm(arch: str, vocab: int, preset: Preset, special: dict[str, int | No
     torch.manual_seed(seed)
     h, n_layers, inter = preset.hidden, preset.layers, preset.intermediate
     heads = h // 32
-    common = dict(
-        vocab_size=vocab, bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"]
-    )
+    common = {"vocab_size": vocab, "bos_token_id": special["bos"], "eos_token_id": special["eos"],
+              "pad_token_id": special["pad"]}
     if arch == "gpt2":
         cfg = GPT2Config(n_embd=h, n_layer=n_layers, n_head=heads, n_inner=inter, n_positions=1024, **common)
     else:

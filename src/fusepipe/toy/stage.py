@@ -93,7 +93,8 @@ def run(params: dict[str, Any], out: str | Path, workers: int = 1) -> dict[str, 
                 shutil.rmtree(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(tmp / sub), dest)
-    manifest["hashes"] = {k: file_hash(p) for k, p in world.output_paths(out).items() if k != "manifest"}
+    manifest["hashes"] = {k: file_hash(p) for k, p in world.output_paths(out, cfg["twin"]).items()
+                          if k != "manifest"}
     manifest["fingerprint"] = fingerprint(out)
     log.info("toy world fingerprint %s", manifest["fingerprint"])
     manifest.write(out)
@@ -130,7 +131,7 @@ def _build_models(cfg: dict[str, Any], tmp: str, workers: int) -> tuple[list, li
     """Every toy model, then every reward model (on its toy model's tokenizer, trained on every toy model's sampled
     responses), as (name, report, seconds) in world order. With workers > 1 they run in spawned processes. Each
     model has its own seed and a fixed thread count: the result does not depend on `workers`."""
-    n_lm, n_rm = len(world.MODELS), len(world.REWARD_MODELS)
+    n_lm, n_rm = len(world.models(cfg["twin"])), len(world.REWARD_MODELS)
     if workers <= 1:
         lms = [_build_lm_job(i, cfg, tmp) for i in range(n_lm)]
         return lms, [_build_rm_job(i, cfg, tmp) for i in range(n_rm)]
@@ -150,13 +151,13 @@ def _build_models(cfg: dict[str, Any], tmp: str, workers: int) -> tuple[list, li
 
 
 def _build_lm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str, Any], float]:
-    """Model i of world.MODELS into `tmp/models/NAME` (a process-pool job): (name, report, seconds)."""
+    """Model i of world.models() into `tmp/models/NAME` (a process-pool job): (name, report, seconds)."""
     t0 = time.perf_counter()
     torch.set_num_threads(int(cfg["threads"]))
     preset, seed = world.PRESETS[cfg["preset"]], int(cfg["seed"])
     items = all_items(preset.sizes, seed)
     bench = world.benchmark(items, preset, seed)
-    spec = world.MODELS[i]
+    spec = world.models(cfg["twin"])[i]
     fusion = world.fusion_data(items, preset, seed)
     report = _build_lm(spec, items, bench, fusion, preset, seed + 101 * i, Path(tmp) / "models" / spec.name,
                        Path(tmp) / "candidates" / f"{spec.name}.jsonl")
@@ -173,7 +174,7 @@ def _build_rm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str,
     items = all_items(preset.sizes, seed)
     rspec = world.REWARD_MODELS[i]
     tok = AutoTokenizer.from_pretrained(Path(tmp) / "models" / rspec.tokenizer_of)
-    candidates = [json.loads(line) for m in world.MODELS
+    candidates = [json.loads(line) for m in world.MODELS  # the twin's answers stay out: the same RMs with or without
                   for line in (Path(tmp) / "candidates" / f"{m.name}.jsonl").read_text().splitlines()]
     report = _build_rm(rspec, tok, items, candidates, preset, seed, seed + 1009 * i,
                        Path(tmp) / "reward_models" / rspec.name)

@@ -127,6 +127,17 @@ MODELS: tuple[ToyModel, ...] = (
     ),
 )
 
+# The homogeneous control (InfiFusion's same-tokenizer case; `toy.twin`): the arith expert again, trained the same
+# way on the same items, but a Llama with the pivot's tokenizer, so its alignment onto the pivot is the identity.
+TWIN = ToyModel("llama-arith-twin", "llama", MODELS[0].tokenizer, strong="arith")
+
+
+def models(twin: bool = False) -> tuple[ToyModel, ...]:
+    """The world's toy language models; with `twin`, the homogeneous twin of the arith expert last (it is built
+    after the others and feeds no reward model, so the rest of the world is the same with or without it)."""
+    return (*MODELS, TWIN) if twin else MODELS
+
+
 REWARD_MODELS: tuple[ToyRewardModel, ...] = (
     ToyRewardModel("rm-large", "qwen-arith", strength=1, label_noise=0.0, layers=2, steps_scale=3.0, knows=1.0),
     ToyRewardModel("rm-medium", "llama-pivot", strength=2, label_noise=0.15, layers=2, steps_scale=1.5, knows=0.6),
@@ -143,13 +154,13 @@ FUSION_FILES = {
 }
 
 
-def output_paths(out: str | Path) -> dict[str, Path]:
+def output_paths(out: str | Path, twin: bool = False) -> dict[str, Path]:
     """Every path the toy world writes, keyed for the Snakefile and the default config."""
     out = Path(out)
-    paths = {f"model:{m.name}": out / "models" / m.name for m in MODELS}
+    paths = {f"model:{m.name}": out / "models" / m.name for m in models(twin)}
     paths |= {f"rm:{r.name}": out / "reward_models" / r.name for r in REWARD_MODELS}
     paths |= {f"data:{k}": out / "data" / f for k, f in FUSION_FILES.items()}
-    paths |= {f"candidates:{m.name}": out / "candidates" / f"{m.name}.jsonl" for m in MODELS}
+    paths |= {f"candidates:{m.name}": out / "candidates" / f"{m.name}.jsonl" for m in models(twin)}
     paths["benchmark"] = out / "data" / "benchmark.jsonl"
     paths["manifest"] = out / "_manifest.json"
     return paths
