@@ -198,7 +198,7 @@ def _job_stats(out: str) -> dict[str, int]:
 
 ALL_JOBS = {"toy_world": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8, "logits_inf": 8,
             "align_links": 12, "align_vocab": 3, "align_project": 12, "align_coverage": 3, "fuse": 12, "train": 6,
-            "merge": 2, "evaluate": 24, "eval_results": 12, "report": 1, "all": 1}
+            "merge": 2, "evaluate": 36, "eval_results": 12, "report": 1, "all": 1}  # evaluate: 12 models x 3 suites
 
 
 def test_dry_run_ablations_adds_exactly_the_grid_jobs_and_all_is_unchanged(tmp_path):
@@ -215,6 +215,6 @@ def test_dry_run_ablations_adds_exactly_the_grid_jobs_and_all_is_unchanged(tmp_p
         "toy_world": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8, "logits_inf": 8,
         "align_links": 12, "align_vocab": 3, "align_project": 12, "align_coverage": 3,
         "align_vocab_variant": 6, "align_project_variant": 24, "align_coverage_variant": 6,
-        "fuse": 2 * (4 + 17), "train": 4 + 17, "merge": 2 + 7, "evaluate": 2 * 19, "eval_results": 19,
+        "fuse": 2 * (4 + 17), "train": 4 + 17, "merge": 2 + 7, "evaluate": 3 * 19, "eval_results": 19,
         "report_ablations": 1, "ablations": 1,
     }
