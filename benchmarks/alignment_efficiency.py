@@ -37,6 +37,9 @@ def accuracy(results: Path, model: str) -> tuple[float, int]:
 
 
 def one_run(results: Path) -> dict[str, float]:
+    if not (results / "train" / "fusechat" / TWIN / "model").is_dir():
+        raise SystemExit(f"{results}: no FuseChat target of {TWIN}; run `snakemake all --cores 2 --configfile "
+                         "config/twin.yaml` first (its workdir is results-twin)")
     pivot = {"name": PIVOT, "path": str(results / "toy" / "models" / PIVOT)}
     students = {"pivot": pivot["path"], "sft": f"{results}/train/sft/sft/model"}
     students |= {s: f"{results}/train/fusechat/{s}/model" for s in (HETERO, TWIN, OTHER)}

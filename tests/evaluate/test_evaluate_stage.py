@@ -148,3 +148,19 @@ def test_evaluate_names_a_model_that_was_not_trained(cfg, tmp_path):
         stage.run(params, tmp_path)
     assert str(err.value) == f"{tmp_path / 'nope'}: missing; run the merge stage for merge.fusechat.sce first"
     assert paths.eval_suite(tmp_path, "x", "toy").endswith("eval/x/toy.json")
+
+
+def test_transfer_names_a_teacher_built_on_other_tokens(results, cfg):
+    """The aligned teacher must be on the very tokens the model is scored on (a stale align stage after a data or
+    tokenizer change is not silently mis-scored)."""
+    from fusepipe.evaluate import transfer
+
+    pivot = fppipeline.stage_slice(cfg, "evaluate", "train.sft.sft/transfer")["pivot_model"]
+    examples = transfer.examples_from_data(paths.data(results, "train"), pivot, "truncate", 3)
+    shards = [paths.align_shard(results, "llama-pivot", "qwen-arith", "gt", i) for i in range(2)]
+    teachers = transfer.teacher_rows(shards, {e.key for e in examples})
+    first = examples[0].key
+    teachers[first] = {**teachers[first], "token_ids": teachers[first]["token_ids"] + 1}
+    with pytest.raises(Exception) as err:
+        transfer.measure(paths.train_model(results, "sft", "sft"), examples, teachers)
+    assert str(err.value) == f"sample {first}: the aligned teacher's tokens are not the student's targets"
