@@ -15,7 +15,7 @@ student (a trained or merged model folder) and a teacher (a source's distributio
 - `alt_mass`:   mean q(ŷ_t) where the teacher's top-1 ŷ_t ≠ y_t (the teacher's alternative; `n_alt` positions)
 
 A student trained with a broken fusion path (a garbled vocabulary map, a sign error) has no lower `kl_teacher`
-than the SFT student; tests/test_fusion_transfer.py checks that on the session's run.
+than the SFT student; tests/test_fusion_signal.py checks that on the session's run.
 """
 
 from __future__ import annotations
@@ -46,27 +46,61 @@ def teacher_rows(aligned_shards: list[str | Path], keys: set[str] | None = None)
     return out
 
 
-def _teacher_probs(ids: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
-    """p over the top-k, renormalised over the non-pad entries (as `losses._teacher` does); 0 at pads."""
-    ok = (ids >= 0) & np.isfinite(logprobs)
-    x = np.where(ok, logprobs.astype(np.float64), -np.inf)
-    m = np.max(np.where(ok, x, -1e300), axis=1, keepdims=True)
-    e = np.where(ok, np.exp(x - m), 0.0)
-    s = e.sum(axis=1, keepdims=True)
-    return np.divide(e, s, out=np.zeros_like(e), where=s > 0)
+class _Sums:
+    """Running sums of the METRICS against one teacher."""
+
+    def __init__(self):
+        self.sums = dict.fromkeys(("nll_gt", "ce_teacher", "kl_teacher", "top1_gt", "alt_mass"), 0.0)
+        self.n_tok = self.n_alt = 0
+
+    def add(self, key: str, t: dict[str, np.ndarray], positions: np.ndarray, labels: np.ndarray,
+            logq: np.ndarray) -> None:
+        """One example: `logq` the student's log-probs at every input position, `labels` its target tokens at
+        `positions` (as train.data.Example holds them)."""
+        import torch
+
+        from fusepipe.losses import teacher_probs
+
+        n = min(len(positions), len(t["token_ids"]))
+        if not np.array_equal(np.asarray(t["token_ids"][:n]), labels[:n]):
+            raise ArtifactError(f"sample {key}: the aligned teacher's tokens are not the student's targets")
+        valid = t["valid"][:n]
+        pos, labels = positions[:n][valid], labels[:n][valid]
+        if not len(pos):
+            return
+        tids, tlp = t["ids"][:n][valid], t["logprobs"][:n][valid]
+        rows = logq[pos - 1]  # the state at t-1 predicts the token at t
+        p = teacher_probs(torch.from_numpy(np.ascontiguousarray(tlp))).double().numpy()
+        q_top = np.take_along_axis(rows, np.maximum(tids, 0), axis=1)
+        ce = -(p * q_top).sum(1)
+        h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
+        alt = (tids[:, 0] >= 0) & (tids[:, 0] != labels)
+        self.sums["nll_gt"] += float(-rows[np.arange(len(pos)), labels].sum())
+        self.sums["ce_teacher"] += float(ce.sum())
+        self.sums["kl_teacher"] += float((ce - h).sum())
+        self.sums["top1_gt"] += float((rows.argmax(1) == labels).sum())
+        self.sums["alt_mass"] += float(np.exp(q_top[alt, 0]).sum())
+        self.n_tok += len(pos)
+        self.n_alt += int(alt.sum())
+
+    def result(self) -> dict[str, float]:
+        out = {k: v / max(self.n_tok, 1) for k, v in self.sums.items() if k != "alt_mass"}
+        out["alt_mass"] = self.sums["alt_mass"] / max(self.n_alt, 1)
+        return {**{k: round(v, 5) for k, v in out.items()}, "n_alt": self.n_alt, "n_tokens": self.n_tok}
 
 
-def measure(student_path: str | Path, examples: list, teachers: dict[str, dict[str, np.ndarray]],
-            batch_size: int = 16) -> dict[str, float]:
-    """The METRICS of one student over `examples` (train.data.Example, ground-truth mode) against `teachers`."""
+def measure_many(student_path: str | Path, examples: list, teachers: dict[str, dict[str, dict[str, np.ndarray]]],
+                 batch_size: int = 16) -> dict[str, dict[str, float]]:
+    """The METRICS of one student over `examples` (train.data.Example, ground-truth mode) against each teacher of
+    `teachers` ({name: teacher_rows(...)}): one forward pass per batch, scored against every teacher. An example
+    counts for a teacher when the teacher has its key."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(student_path), dtype=torch.float32)
     model.eval()
-    sums = dict.fromkeys(("nll_gt", "ce_teacher", "kl_teacher", "top1_gt", "alt_mass"), 0.0)
-    n_tok = n_alt = 0
-    usable = [e for e in examples if e.key in teachers]
+    sums = {name: _Sums() for name in teachers}
+    usable = [e for e in examples if any(e.key in rows for rows in teachers.values())]
     for start in range(0, len(usable), batch_size):
         batch = usable[start:start + batch_size]
         length = max(len(e.input_ids) for e in batch)
@@ -78,31 +112,16 @@ def measure(student_path: str | Path, examples: list, teachers: dict[str, dict[s
         with torch.no_grad():
             logq = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1).numpy()
         for b, e in enumerate(batch):
-            t = teachers[e.key]
-            n = min(len(e.positions), len(t["token_ids"]))
-            if not np.array_equal(np.asarray(t["token_ids"][:n]), e.labels[:n]):
-                raise ArtifactError(f"sample {e.key}: the aligned teacher's tokens are not the student's targets")
-            pos = e.positions[:n][t["valid"][:n]]
-            if not len(pos):
-                continue
-            tids, tlp = t["ids"][:n][t["valid"][:n]], t["logprobs"][:n][t["valid"][:n]]
-            rows = logq[b, pos - 1]  # the state at t-1 predicts the token at t
-            labels = e.input_ids[pos]
-            p = _teacher_probs(tids, tlp)
-            q_top = np.take_along_axis(rows, np.maximum(tids, 0), axis=1)
-            ce = -(p * q_top).sum(1)
-            h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
-            sums["nll_gt"] += float(-rows[np.arange(len(pos)), labels].sum())
-            sums["ce_teacher"] += float(ce.sum())
-            sums["kl_teacher"] += float((ce - h).sum())
-            sums["top1_gt"] += float((rows.argmax(1) == labels).sum())
-            alt = (tids[:, 0] >= 0) & (tids[:, 0] != labels)
-            sums["alt_mass"] += float(np.exp(q_top[alt, 0]).sum())
-            n_tok += len(pos)
-            n_alt += int(alt.sum())
-    out = {k: v / max(n_tok, 1) for k, v in sums.items() if k != "alt_mass"}
-    out["alt_mass"] = sums["alt_mass"] / max(n_alt, 1)
-    return {**{k: round(v, 5) for k, v in out.items()}, "n_alt": n_alt, "n_tokens": n_tok}
+            for name, rows in teachers.items():
+                if e.key in rows:
+                    sums[name].add(e.key, rows[e.key], e.positions, e.labels, logq[b])
+    return {name: s.result() for name, s in sums.items()}
+
+
+def measure(student_path: str | Path, examples: list, teachers: dict[str, dict[str, np.ndarray]],
+            batch_size: int = 16) -> dict[str, float]:
+    """The METRICS of one student over `examples` against one teacher (`teacher_rows`)."""
+    return measure_many(student_path, examples, {"teacher": teachers}, batch_size)["teacher"]
 
 
 def examples_from_data(data_path: str | Path, pivot: dict[str, Any], overlong: str, limit: int | None) -> list:
@@ -124,27 +143,26 @@ def examples_from_data(data_path: str | Path, pivot: dict[str, Any], overlong: s
 
 
 def run_suite(params: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
-    """The `transfer` suite of one model: per source `kl:{source}` (and `ce:{source}`), then `nll_gt` and
-    `top1_gt` (against the ground truth, the same for every source). A model without the pivot's tokenizer (a
-    source) has no figures: its distributions are over another vocabulary."""
+    """The `transfer` suite of one model: per source `transfer_kl:{source}`, then `transfer_nll_gt` and
+    `transfer_top1_gt` (against the ground truth, the same for every source). A source model has no figures: its
+    distributions are over another vocabulary."""
     from fusepipe import paths
 
     model, pivot = params["model"], params["pivot_model"]
-    if model["name"] != pivot["name"] and params["about"].get("kind") not in ("train", "merge"):
+    if params["about"].get("kind") == "source":
         return {"metrics": {}, "skipped": f"{model['name']} does not share the pivot's tokenizer"}
     examples = examples_from_data(paths.data(workdir, "train"), pivot, params["logits"]["overlong"],
                                   params["suite"]["max_prompts"])
     keys = {e.key for e in examples}
-    metrics: dict[str, float] = {}
-    per_source = {}
+    teachers = {}
     for source in params["sources"]:
         shards = [paths.align_shard(workdir, pivot["name"], source, "gt", i) for i in range(params["logits"]["shards"])]
         missing = [s for s in shards if not Path(s).is_file()]
         if missing:
             raise ArtifactError(f"{missing[0]}: missing; run the align stage for {pivot['name']}~{source} first")
-        fig = measure(model["path"], examples, teacher_rows(shards, keys))
-        per_source[source] = fig
-        metrics[f"transfer_kl:{source}"] = fig["kl_teacher"]
+        teachers[source] = teacher_rows(shards, keys)
+    per_source = measure_many(model["path"], examples, teachers)
+    metrics: dict[str, float] = {f"transfer_kl:{source}": fig["kl_teacher"] for source, fig in per_source.items()}
     if per_source:
         first = next(iter(per_source.values()))
         metrics["transfer_nll_gt"] = first["nll_gt"]
