@@ -1,7 +1,8 @@
 """Why fusion does or does not beat SFT on a finished toy run: two tables from its artifacts.
 
-1. Benchmark accuracy split by whether the item's prompt is in the fusion data ("seen") or not ("unseen"), per
-   model and domain (from `eval/{model}/toy.json` and `toy/data/`).
+1. Benchmark accuracy split by whether the item's prompt is in the fusion data with a reference ("ref"), in the
+   prompt set without one ("prompt", `toy/data/prompts.jsonl`: only the inference mode can learn it) or nowhere
+   ("unseen"), per model and domain (from `eval/{model}/toy.json` and `toy/data/`).
 2. Where the experts' knowledge goes: per source and domain of the fusion ground truth, the share of assistant
    tokens whose top-1 is the ground-truth token and the mean probability of that token, in the source's own
    vocabulary (`logits/gt`), aligned onto the pivot (`align/PIVOT~SRC/gt`, the run's projection rule) and, with
@@ -27,26 +28,39 @@ from fusepipe.logits.store import read_shard
 DOMAINS = ("arith", "facts", "strings")
 
 
-def seen_prompts(toy: Path) -> str:
-    """Every fusion-data file's text, to look prompts up in (JSON-escaped as the files hold them)."""
-    texts = []
+PROMPT_SET = "prompts.jsonl"
+KINDS = ("ref", "prompt", "unseen")
+
+
+def fusion_texts(toy: Path) -> tuple[str, str]:
+    """(the reference files' text, the prompt set's text), to look prompts up in (JSON-escaped as the files hold
+    them)."""
+    texts, prompts = [], ""
     for f in sorted((toy / "data").iterdir()):
         if f.name.startswith("benchmark"):
             continue
+        if f.name == PROMPT_SET:
+            prompts = f.read_text()
+            continue
         texts.append(json.dumps(pq.read_table(f).to_pylist()) if f.suffix == ".parquet" else f.read_text())
-    return "\n".join(texts)
+    return "\n".join(texts), prompts
+
+
+def kind_of(prompt: str, refs: str, prompts: str) -> str:
+    key = json.dumps(prompt)[1:-1]
+    return "ref" if key in refs else "prompt" if key in prompts else "unseen"
 
 
 def seen_unseen(results: Path) -> None:
-    blob = seen_prompts(results / "toy")
-    print("model".ljust(30) + "".join(f"{d + ' seen':>15}{d + ' unseen':>15}" for d in DOMAINS))
+    refs, prompts = fusion_texts(results / "toy")
+    print("model".ljust(30) + "".join(f"{d + ' ' + k:>15}" for d in DOMAINS for k in KINDS))
     for f in sorted(glob.glob(str(results / "eval" / "*" / "toy.json"))):
-        counts: dict[tuple[str, bool], list[int]] = defaultdict(lambda: [0, 0])
+        counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         for e in json.loads(Path(f).read_text())["examples"]:
-            c = counts[(e["domain"], json.dumps(e["prompt"])[1:-1] in blob)]
+            c = counts[(e["domain"], kind_of(e["prompt"], refs, prompts))]
             c[0] += bool(e["correct"])
             c[1] += 1
-        row = "".join(f"{'{}/{}'.format(*counts[(d, s)]):>15}" for d in DOMAINS for s in (True, False))
+        row = "".join(f"{'{}/{}'.format(*counts[(d, k)]):>15}" for d in DOMAINS for k in KINDS)
         print(Path(f).parent.name.ljust(30) + row)
 
 

@@ -41,10 +41,14 @@ def pivot(tmp_path_factory) -> Path:
 
 
 def params(pivot: Path, sources: list[dict], on_bad_row: str = "error", **data) -> dict:
-    """The data stage's config slice, validated and defaults filled as the CLI would."""
+    """The data stage's config slice, validated and defaults filled as the CLI would (with a prompts_only source,
+    a ProFuser recipe that can use it)."""
     raw = {"data": {"sources": sources, "on_bad_row": on_bad_row, "eval_fraction": 0.0, **data},
            "models": [{"name": "p", "path": str(pivot), "role": "pivot"}, {"name": "s", "path": "s", "role": "source"}],
            "logits": {"modes": ["gt"]}}  # fmt: skip
+    if any(s.get("prompts_only") for s in sources):
+        raw |= {"logits": {"modes": ["gt", "inf"]}, "reward_models": [{"name": "rm", "path": "rm", "strength": 1}],
+                "recipes": [{"name": "pf", "kind": "profuser"}]}
     return fppipeline.stage_slice(fppipeline.load_dict(raw), "data")
 
 
@@ -310,3 +314,68 @@ def test_malformed_rows_give_complete_outputs_or_one_line_data_error(pivot, tmp_
         assert all(not CONTROL_CHAR.search(m["content"]) and m["content"].strip() for m in conv)
         turns = conv[1:] if conv[0]["role"] == "system" else conv
         assert [m["role"] for m in turns] == ["user", "assistant"] * (len(turns) // 2) and turns
+
+
+# ------------------------------------------------------------------------------------------ (e) prompt sets
+
+
+def test_a_prompts_only_source_keeps_prompts_for_the_inference_mode_only(pivot, tmp_path):
+    """A prompt set (no references): each row up to its last user turn, in the training split, counted in the
+    manifest; generate and the vote read it, the ground-truth readers (gt logits, fuse, transfer) do not."""
+    from fusepipe.generate.stage import read_conversations, read_prompts
+
+    refs = jsonl(tmp_path / "refs.jsonl", [GOOD])
+    prompts = jsonl(tmp_path / "prompts.jsonl", [
+        {"messages": [{"role": "user", "content": "What is 2 + 2?"}]},
+        {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}]},
+        {"messages": [{"role": "system", "content": "Only a system prompt."}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]},
+    ])  # fmt: skip
+    sources = [{"name": "refs", "path": str(refs)}, {"name": "p", "path": str(prompts), "prompts_only": True}]
+    slice_ = params(pivot, sources, "skip", eval_fraction=0.5)
+    code, output = run_cli(slice_, tmp_path / "out")
+    assert code == 0, output
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["sources"]["p"] == {"answer_dropped": 1, "kept": 3, "no_user_turn": 1, "rows_read": 4}
+    assert manifest["rows"]["prompts_only"] == 3
+    train = tmp_path / "out" / "train.parquet"
+    rows = pq.read_table(train).to_pylist()
+    got = {r["messages"][-1]["content"]: r for r in rows if r["source"] == "p"}
+    assert set(got) == {"What is 2 + 2?", "Name a colour.", "Hi?"}
+    assert all(r["split"] == "train" and r["messages"][-1]["role"] == "user" for r in got.values())
+    assert got["Hi?"]["messages"][0] == {"role": "system", "content": "Be brief."}
+    with_refs = {sid for sid, _ in read_conversations(train, 0, 1)}
+    everything = dict(read_prompts(train, 0, 1))
+    assert {r["sample_id"] for r in got.values()} <= set(everything) and not with_refs & {r["sample_id"] for r in
+                                                                                            got.values()}
+    assert with_refs <= set(everything)
+
+
+def test_a_prompt_longer_than_max_len_is_dropped_not_split(pivot, tmp_path):
+    long = " ".join(["word"] * 40) + "?"
+    prompts = jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "user", "content": long}]},
+                                           {"messages": [{"role": "user", "content": "Short?"}]}])
+    refs = jsonl(tmp_path / "refs.jsonl", [GOOD])
+    sources = [{"name": "refs", "path": str(refs)}, {"name": "p", "path": str(prompts), "prompts_only": True}]
+    code, output = run_cli(params(pivot, sources, max_len=16), tmp_path / "out")
+    assert code == 0, output
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["sources"]["p"]["prompt_too_long"] == 1 and manifest["sources"]["p"]["kept"] == 1
+    assert manifest["first_rows"]["p"]["prompt_too_long"] == f"{prompts}:line 1"
+
+
+def test_a_prompt_set_without_an_inference_mode_recipe_is_a_config_error(pivot):
+    """Prompts without references only reach training through the inference mode; with only ground-truth recipes
+    they would be read and silently never used."""
+    from fusepipe.errors import ConfigError
+
+    raw = {"data": {"sources": [{"name": "refs", "path": "r.jsonl"},
+                                {"name": "ultra", "path": "u.jsonl", "prompts_only": True}]},
+           "models": [{"name": "p", "path": str(pivot), "role": "pivot"}, {"name": "s", "path": "s", "role": "source"}],
+           "logits": {"modes": ["gt"]}, "recipes": [{"name": "fc", "kind": "fusechat"}]}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        fppipeline.load_dict(raw)
+    assert str(err.value) == (
+        "data.sources: ultra hold(s) prompts without references (prompts_only), which only the inference mode "
+        "trains on, but no recipe's schedule uses mode 'inf'; add a profuser recipe (or a schedule with inf) or "
+        "remove prompts_only")

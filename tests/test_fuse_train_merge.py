@@ -55,6 +55,10 @@ def test_profuser_targets_hold_the_voted_responses(results):
     votes = pq.read_table(paths.vote_choices(results)).to_pylist()
     winners = {v["sample_id"]: v["winner"] for v in votes if v["subset"] == "all"}
     assert len(inf) == len(winners)
+    prompt_set = {sid for i in range(SHARDS) for sid, m in read_conversations(paths.data(results), i, SHARDS, True)
+                  if m[-1]["role"] == "user"}
+    assert prompt_set and prompt_set <= set(inf["sample_id"]) and not prompt_set & set(t.filter(pl.col("mode") == "gt")[
+        "sample_id"])  # the prompt set reaches the inference mode only
     for row in inf.iter_rows(named=True):
         assert row["model"] == winners[row["sample_id"]]
         assert row["messages"][-1]["role"] == "assistant"

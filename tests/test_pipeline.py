@@ -20,12 +20,14 @@ def test_all_builds_the_toy_world_and_the_data(pipeline):
         check_schema(results / "data" / f"{split}.parquet", CONVERSATION)
     train = pl.read_parquet(results / "data" / "train.parquet")
     evals = pl.read_parquet(results / "data" / "eval.parquet")
-    assert set(train["source"]) == {"arith", "facts", "strings", "dialogue"}
+    assert set(train["source"]) == {"arith", "facts", "strings", "dialogue", "prompts"}
     assert set(train["split"]) == {"train"} and set(evals["split"]) == {"eval"}
     assert train["sample_id"].is_unique().all()
     assert not set(train["sample_id"]) & set(evals["sample_id"])
     manifest = json.loads((results / "data" / "_manifest.json").read_text())
-    assert manifest["rows"] == {"train": train.height, "eval": evals.height}
+    prompts = train.filter(pl.col("source") == "prompts")["messages"].to_list()
+    assert prompts and all(m[-1]["role"] == "user" for m in prompts)  # prompts_only: no reference kept
+    assert manifest["rows"] == {"train": train.height, "eval": evals.height, "prompts_only": len(prompts)}
     assert manifest["sources"]["dialogue"]["not_sampled"] == 4  # n_samples: 20 of 24
     assert manifest["sources"]["dialogue"]["split_dialogues"] > 0  # max_len 96 splits long dialogues
     for name, counts in manifest["sources"].items():  # every run records what was read, kept and dropped, and where

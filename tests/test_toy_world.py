@@ -115,7 +115,8 @@ def test_same_seed_same_files(tmp_path, spec):
     fusion = {d: convs[:4] for d, convs in world.fusion_data(items, preset, 0).items()}
     for run in ("a", "b"):
         report = _build_lm(spec, items, bench, fusion, preset, 7, tmp_path / run)
-        world.write_fusion_files(world.fusion_data(items, preset, 0), tmp_path / run / "data")
+        fusion_all = world.fusion_data(items, preset, 0)
+        world.write_fusion_files(fusion_all, world.prompt_set(items, fusion_all), tmp_path / run / "data")
         assert set(report["gt_nll_per_byte"]) == set(fusion)
     assert file_hash(tmp_path / "a") == file_hash(tmp_path / "b")
     tok = AutoTokenizer.from_pretrained(tmp_path / "a")
@@ -123,6 +124,26 @@ def test_same_seed_same_files(tmp_path, spec):
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     other = world.fusion_data(all_items(preset.sizes, 1), preset, 1)
     assert other != world.fusion_data(items, preset, 0)
+
+
+def test_the_prompt_set_asks_every_item_the_references_do_not(toy, manifest):
+    """prompts.jsonl: one user turn per item whose prompt no ground-truth conversation asks; together with the
+    references they cover every item, and the benchmark has items of both kinds in every domain."""
+    cfg = manifest["config"]["toy"]
+    preset, seed = world.PRESETS[cfg["preset"]], int(cfg["seed"])
+    items = all_items(preset.sizes, seed)
+    fusion = world.fusion_data(items, preset, seed)
+    rows = [json.loads(line)["messages"] for line in (toy / "data" / "prompts.jsonl").read_text().splitlines()]
+    assert rows == world.prompt_set(items, fusion)
+    assert all(len(m) == 1 and m[0]["role"] == "user" for m in rows)
+    asked = {m["content"] for convs in fusion.values() for c in convs for m in c if m["role"] == "user"}
+    prompts = {m[0]["content"] for m in rows}
+    assert not prompts & asked and prompts | asked >= {it.prompt for d in items.values() for it in d}
+    assert manifest["fusion_conversations"]["prompts"] == len(rows)
+    bench = [json.loads(line) for line in (toy / "data" / "benchmark.jsonl").read_text().splitlines()]
+    for domain in world.DOMAINS:
+        in_set = sum(b["prompt"] in prompts for b in bench if b["domain"] == domain)
+        assert 0.1 < in_set / sum(b["domain"] == domain for b in bench) < 0.5
 
 
 def test_known_items_cover_the_strong_domain():

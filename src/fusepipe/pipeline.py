@@ -176,6 +176,8 @@ def _evaluate_slice(cfg: Config, target: str | None) -> dict[str, Any]:
                            "pivot": cfg.pivot.name}
     if resolved["kind"] == "rm":
         out["reward_models"] = [{**_dump(r), **engine} for r in cfg.reward_models]
+    if resolved["kind"] == "toy" and any(s.prompts_only for s in cfg.data.sources):
+        out["prompt_set"] = True  # split the accuracy by where the item's prompt is in the training data
     if resolved["kind"] == "transfer":
         out["sources"] = [m.name for m in cfg.sources]
         out["pivot_model"] = _dump(cfg.pivot)

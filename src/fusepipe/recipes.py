@@ -155,3 +155,8 @@ def check(cfg: Config) -> None:
         if missing:
             raise ConfigError(f"recipe {r.name!r}: its schedule trains on mode(s) {', '.join(missing)} but "
                               f"logits.modes is {cfg.logits.modes}; add them there or pick another schedule")
+    prompt_sets = [s.name for s in cfg.data.sources if s.prompts_only]
+    if prompt_sets and not any("inf" in resolve(r)["modes"] for r in cfg.recipes):
+        raise ConfigError(f"data.sources: {', '.join(prompt_sets)} hold(s) prompts without references "
+                          "(prompts_only), which only the inference mode trains on, but no recipe's schedule uses "
+                          "mode 'inf'; add a profuser recipe (or a schedule with inf) or remove prompts_only")

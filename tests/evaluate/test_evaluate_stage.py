@@ -72,9 +72,34 @@ def test_local_task_scores_a_model_on_items_it_gets_right_or_wrong(results, cfg,
     (tmp_path / "toy" / "data").mkdir(parents=True)
     (tmp_path / "toy" / "data" / "benchmark.jsonl").write_text("".join(json.dumps(b) + "\n" for b in items))
     params = fppipeline.stage_slice(cfg, "evaluate", "qwen-arith/toy")
+    params.pop("prompt_set")  # scoring only; the split by the prompt set has its own tests
     got = stage.run_toy(params, tmp_path)
     assert {e["prompt"]: e["response"] for e in got["examples"]} == {b["prompt"]: said[b["prompt"]] for b in items}
     assert got["metrics"]["toy_arith"] == (1.0 if correct else 0.0)
+
+
+def test_the_toy_suite_splits_its_accuracy_by_the_prompt_set(results, cfg):
+    """With a prompts_only source, every toy evaluation also reports the accuracy on the benchmark items whose prompt
+    the training data holds without a reference (only the inference mode can learn those) and on the rest."""
+    prompts = {json.loads(line)["messages"][0]["content"]
+               for line in (results / "toy" / "data" / "prompts.jsonl").read_text().splitlines()}
+    assert stage.prompt_set(paths.data(results, "train")) == prompts
+    for model in fppipeline.eval_models(cfg):
+        doc = json.loads((results / "eval" / model / "toy.json").read_text())
+        inside = [e for e in doc["examples"] if e["prompt"] in prompts]
+        assert [e["in_prompt_set"] for e in doc["examples"]] == [e["prompt"] in prompts for e in doc["examples"]]
+        assert doc["subsets"]["prompt_set"]["n"] == len(inside) > 0
+        assert doc["subsets"]["not_prompt_set"]["n"] == len(doc["examples"]) - len(inside) > 0
+        assert doc["metrics"]["toy_prompt_set"] == pytest.approx(sum(e["correct"] for e in inside) / len(inside))
+
+
+def test_the_toy_suite_names_missing_training_data(cfg, tmp_path):
+    params = fppipeline.stage_slice(cfg, "evaluate", "llama-pivot/toy")
+    with pytest.raises(Exception) as err:
+        stage.prompt_set(paths.data(tmp_path, "train"))
+    assert params["prompt_set"] is True
+    assert str(err.value) == (f"{paths.data(tmp_path, 'train')}: missing; the toy suite splits its accuracy by the "
+                              "training data's prompt set (a prompts_only source): run the data stage first")
 
 
 def test_the_pivot_wins_half_against_itself_and_others_are_judged_on_the_same_prompts(results):

@@ -145,3 +145,37 @@ def test_html_headline_is_the_summary_table_and_narrow(written):
     assert max(sum(len(c) for c in row) for row in cells) <= 100
     style = re.search(r"<style>(.*?)</style>", page).group(1)
     assert "max-width:1360px" in style and "nowrap" not in style
+
+
+def test_a_prompt_set_split_is_its_own_table_not_headline_domains(written):
+    """toy_prompt_set / toy_not_prompt_set (a run whose data has a prompt set) never become headline domains or
+    enter the mean; they get the "Where the accuracy comes from" table, ± Wilson from the subsets' n, Δ SFT."""
+    workdir, paths = written
+    split = {"piv": (0.3, 0.2), "train.sft.sft": (0.25, 0.5), "train.fc.piv": (0.6, 0.4)}
+    for p in paths:
+        doc = json.loads(p.read_text())
+        if doc["model"] not in split:
+            continue
+        extra = dict(zip(("toy_prompt_set", "toy_not_prompt_set"), split[doc["model"]], strict=True))
+        doc["metrics"] |= extra
+        doc["suites"]["toy"] |= extra
+        p.write_text(json.dumps(doc))
+        toy = json.loads((p.parent / "toy.json").read_text())
+        toy["subsets"] = {"prompt_set": {"acc": extra["toy_prompt_set"], "n": 40},
+                          "not_prompt_set": {"acc": extra["toy_not_prompt_set"], "n": 130}}
+        (p.parent / "toy.json").write_text(json.dumps(toy))
+    domains, _, _ = _headline(paths)
+    assert domains == ["toy_arith", "toy_facts", "toy_strings"]
+    out = workdir / "report"
+    done = stage.run({"pivot": "piv"}, workdir, paths, out)
+    summary = done["summary"].splitlines()
+    at = summary.index("Where the accuracy comes from: items the data asks without a reference (prompt set) and the "
+                       "rest")
+    assert summary[at + 1].split() == ["model", "acc", "prompt", "set", "acc", "the", "rest", "Δ", "SFT", "prompt",
+                                       "set", "Δ", "SFT", "the", "rest"]
+    lo, hi = headline.wilson(0.6, 40)
+    assert summary[at + 4].split() == ["train.fc.piv", "0.600", f"±{(hi - lo) / 2:.3f}", "0.400",
+                                       f"±{headline.half_width(*headline.wilson(0.4, 130)):.3f}", "+0.350", "-0.100"]
+    assert [line.split()[0] for line in summary[at + 2: at + 5]] == ["piv", "train.sft.sft", "train.fc.piv"]
+    assert "toy_prompt_set" not in done["summary"]  # not repeated under "Other metrics"
+    assert "<h2>Where the accuracy comes from</h2>" in (out / "index.html").read_text()

@@ -66,10 +66,13 @@ def align_variant_params(wc):
 
 def eval_inputs(wc):
     info = EVAL_RULE_MODELS[wc.model]
-    suite = fppipeline.stage_slice(CFG, "evaluate", f"{wc.model}/{wc.suite}")["suite"]
+    params = fppipeline.stage_slice(CFG, "evaluate", f"{wc.model}/{wc.suite}")
+    suite = params["suite"]
     out = {"model": local_inputs(info["path"]) if info["kind"] in ("pivot", "source") else [info["path"]]}
     if suite["kind"] == "toy":
         out["benchmark"] = [p for p in TOY_OUTPUTS if p.endswith("benchmark.jsonl")]
+        if params.get("prompt_set"):
+            out["data"] = paths.data(W, "train")
     if suite["kind"] == "rm":
         out["data"] = paths.data(W, "eval")
         out["rms"] = local_inputs(*[r.path for r in CFG.reward_models])

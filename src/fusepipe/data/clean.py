@@ -9,6 +9,10 @@ for the error when a source keeps nothing). Reading drops bad rows (`fusepipe.da
 - a trailing user turn is trimmed (`trailing_user_trimmed`, not a drop); none left → `no_assistant_turn`
 - `too_few_turns` / `too_many_turns` / `short_response`: the source's filters
 
+A `prompts_only` source (a prompt set without reference answers) keeps each conversation up to and including its
+last user turn (`answer_dropped` counts rows that had an answer after it, not a drop; none → `no_user_turn`); its
+filters do not apply, and a prompt longer than `max_len` is dropped (`prompt_too_long`), never split.
+
 Splitting (FuseChat splits at 2048 tokens): a dialogue whose rendering is longer than `max_len` pivot tokens
 becomes consecutive blocks of whole (user, assistant) exchanges, each repeating the system message; an
 exchange longer than `max_len` on its own is dropped (`exchange_too_long`).
@@ -20,7 +24,7 @@ import hashlib
 import json
 from collections import Counter
 
-INFO = ("rows_read", "kept", "trailing_user_trimmed", "split_dialogues", "blocks_from_splits")
+INFO = ("rows_read", "kept", "trailing_user_trimmed", "answer_dropped", "split_dialogues", "blocks_from_splits")
 """Count keys that drop nothing; every other key of a source's counts is a reason rows (or exchanges) were dropped."""
 
 
@@ -54,18 +58,24 @@ def sample_id(messages: list[dict]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-def clean(messages: list[dict], filters: dict, counts: Drops, where: str | None = None) -> list[dict] | None:
+def clean(messages: list[dict], filters: dict, counts: Drops, where: str | None = None,
+          prompts_only: bool = False) -> list[dict] | None:
     """The cleaned conversation, or None with the reason counted in `counts` (`where`: the row, remembered as
-    the reason's first row)."""
-    reason, conv = _clean(messages, filters)
+    the reason's first row). `prompts_only`: the conversation up to its last user turn (a prompt, no reference)."""
+    reason, conv = _clean(messages, filters, prompts_only)
     if reason is not None:
         counts.note(reason, where)
     if conv is not None and len(conv) < len(messages):
-        counts.note("trailing_user_trimmed", where)
+        counts.note("answer_dropped" if prompts_only else "trailing_user_trimmed", where)
     return conv
 
 
-def _clean(messages: list[dict], filters: dict) -> tuple[str | None, list[dict] | None]:
+def is_prompt(messages: list[dict]) -> bool:
+    """A conversation without a reference answer (from a `prompts_only` source): it ends with a user turn."""
+    return bool(messages) and messages[-1]["role"] == "user"
+
+
+def _clean(messages: list[dict], filters: dict, prompts_only: bool = False) -> tuple[str | None, list[dict] | None]:
     """(drop reason, None) or (None, the cleaned conversation)."""
     msgs = [{"role": m["role"], "content": m["content"].strip()} for m in messages]
     if any(not m["content"] for m in msgs):
@@ -77,6 +87,9 @@ def _clean(messages: list[dict], filters: dict) -> tuple[str | None, list[dict] 
         return "starts_with_assistant", None
     if any(m["role"] != ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(turns)):
         return "non_alternating", None
+    if prompts_only:
+        last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
+        return ("no_user_turn", None) if last_user is None else (None, system + turns[: last_user + 1])
     if turns and turns[-1]["role"] == "user":
         turns = turns[:-1]  # counted as trailing_user_trimmed if the conversation is kept
     n_answers = len(turns) // 2

@@ -2,7 +2,8 @@
 
 Writes `data/train.parquet` and `data/eval.parquet` (schema `fusepipe.schemas.CONVERSATION`) and
 `data/_manifest.json` with what was read, dropped (by reason) and written: `sources` (per source, the counts
-by reason), `first_rows` (per source and reason, the first row it counted, "file:line N"). A source that keeps
+by reason), `first_rows` (per source and reason, the first row it counted, "file:line N"), `rows` (per split, and
+`prompts_only`: the training rows without a reference, from `prompts_only` sources). A source that keeps
 no conversation fails the stage with those counts and rows in one line.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from fusepipe.artifacts import Manifest, write_parquet
-from fusepipe.data.clean import Drops, clean, sample_id, split_blocks
+from fusepipe.data.clean import Drops, clean, is_prompt, sample_id, split_blocks
 from fusepipe.data.ingest import detect_format, iter_rows, to_messages
 from fusepipe.errors import DataError
 from fusepipe.models import load_tokenizer
@@ -51,7 +52,7 @@ def read_source(src: dict[str, Any], on_bad_row: str, counts: Drops) -> list[tup
             counts.note(getattr(err, "reason", "bad_rows"), row.where)
             log.debug("skipped %s", err)
             continue
-        cleaned = clean(msgs, src["filters"], counts, row.where)
+        cleaned = clean(msgs, src["filters"], counts, row.where, src.get("prompts_only", False))
         if cleaned is not None:
             out.append((row.where, cleaned))
     if counts["rows_read"] == 0:
@@ -91,6 +92,13 @@ def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
             unique = unique[: src["n_samples"]]
         with manifest.phase(f"split:{src['name']}"):
             for parent, where, conv in track(unique, f"splitting {src['name']}", unit="convs"):
+                if src.get("prompts_only"):  # no reference to hold out or split; training prompts only
+                    if n_tokens(conv) > cfg["max_len"]:
+                        counts.note("prompt_too_long", where)
+                        continue
+                    rows.append({"sample_id": parent, "messages": conv, "source": src["name"], "split": "train"})
+                    n_tok.append(n_tokens(conv))
+                    continue
                 split = "eval" if _unit(cfg["seed"], "split", parent) < cfg["eval_fraction"] else "train"
                 for block in split_blocks(conv, n_tokens, cfg["max_len"], counts, where):
                     sid = sample_id(block)
@@ -118,6 +126,7 @@ def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
     manifest["sources"] = {name: dict(sorted(counts.items())) for name, counts in per_source.items()}
     manifest["first_rows"] = {name: dict(sorted(counts.first.items())) for name, counts in per_source.items()}
     manifest["rows"] = {s: sum(r["split"] == s for r in rows) for s in ("train", "eval")}
+    manifest["rows"]["prompts_only"] = sum(is_prompt(r["messages"]) for r in rows)
     manifest["pivot_tokens"] = {"mean": round(sum(n_tok) / len(n_tok), 1), "max": max(n_tok), "total": sum(n_tok)}
     manifest.write(out, outputs)
     return manifest.data

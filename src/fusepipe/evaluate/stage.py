@@ -143,9 +143,36 @@ def run_toy(params: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
     examples = [{"domain": s["doc"]["domain"], "prompt": s["doc"]["prompt"], "answer": s["doc"]["answer"],
                  "response": s["resps"][0][0], "correct": bool(s["acc"])}
                 for task in names for s in out["samples"].get(task, [])]
-    return {"metrics": {**{f"toy_{d}": v for d, v in per_domain.items()},
-                        "toy_mean": sum(per_domain.values()) / max(len(per_domain), 1)},
-            "tasks": out["tasks"], "examples": examples}
+    metrics = {**{f"toy_{d}": v for d, v in per_domain.items()},
+               "toy_mean": sum(per_domain.values()) / max(len(per_domain), 1)}
+    doc: dict[str, Any] = {"tasks": out["tasks"], "examples": examples}
+    if params.get("prompt_set"):
+        doc["subsets"] = split_by_prompt_set(examples, prompt_set(paths.data(workdir, "train")))
+        metrics |= {f"toy_{name}": s["acc"] for name, s in doc["subsets"].items() if s["n"]}
+    return {"metrics": metrics, **doc}
+
+
+def prompt_set(data_path: str | Path) -> set[str]:
+    """The prompts the training data holds without a reference (single-turn rows of `prompts_only` sources)."""
+    import pyarrow.parquet as pq
+
+    if not Path(data_path).is_file():
+        raise ArtifactError(f"{data_path}: missing; the toy suite splits its accuracy by the training data's prompt "
+                            "set (a prompts_only source): run the data stage first")
+    convs = pq.ParquetFile(data_path).read(columns=["messages"]).column("messages").to_pylist()
+    return {m[-1]["content"] for m in convs if m[-1]["role"] == "user" and sum(x["role"] == "user" for x in m) == 1}
+
+
+def split_by_prompt_set(examples: list[dict[str, Any]], prompts: set[str]) -> dict[str, dict[str, Any]]:
+    """Accuracy on the benchmark items whose prompt is in the prompt set (`prompt_set`: only the inference mode
+    can learn their answers) and on the rest (`not_prompt_set`), with their counts; marks each example."""
+    out = {}
+    for name, inside in (("prompt_set", True), ("not_prompt_set", False)):
+        hits = [e["correct"] for e in examples if (e["prompt"] in prompts) == inside]
+        out[name] = {"acc": sum(hits) / len(hits) if hits else None, "n": len(hits)}
+    for e in examples:
+        e["in_prompt_set"] = e["prompt"] in prompts
+    return out
 
 
 def run_lm_eval(params: dict[str, Any]) -> dict[str, Any]:

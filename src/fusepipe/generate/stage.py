@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from fusepipe import paths
 from fusepipe.artifacts import Manifest, shard_manifest, write_parquet
+from fusepipe.data.clean import is_prompt
 from fusepipe.engines import Request, Sampling, derive_seed, open_engine
 from fusepipe.errors import DataError
 from fusepipe.progress import track
@@ -33,17 +34,21 @@ def prompt_of(messages: list[dict[str, str]], sample_id: str) -> list[dict[str, 
     return messages[: last_user + 1]
 
 
-def read_conversations(data_path: str | Path, shard: int, shards: int) -> list[tuple[str, list[dict[str, str]]]]:
-    """(sample_id, conversation) of every training conversation in `shard` of `shards`, in sample_id order."""
+def read_conversations(data_path: str | Path, shard: int, shards: int,
+                       prompts: bool = False) -> list[tuple[str, list[dict[str, str]]]]:
+    """(sample_id, conversation) of every training conversation in `shard` of `shards` with a reference answer
+    (`prompts`: and every prompt without one, from `prompts_only` sources), in sample_id order."""
     check_schema(data_path, CONVERSATION)
     table = pq.ParquetFile(data_path).read(columns=["sample_id", "messages"])  # (read_table imports pandas: 1 s)
     rows = zip(table.column("sample_id").to_pylist(), table.column("messages").to_pylist(), strict=True)
-    return sorted((sid, msgs) for sid, msgs in rows if paths.shard_of(sid, shards) == shard)
+    return sorted((sid, msgs) for sid, msgs in rows
+                  if paths.shard_of(sid, shards) == shard and (prompts or not is_prompt(msgs)))
 
 
 def read_prompts(data_path: str | Path, shard: int, shards: int) -> list[tuple[str, list[dict[str, str]]]]:
-    """(sample_id, prompt) of every conversation in `shard` of `shards`, in sample_id order."""
-    return [(sid, prompt_of(msgs, sid)) for sid, msgs in read_conversations(data_path, shard, shards)]
+    """(sample_id, prompt) of every conversation in `shard` of `shards`, prompt-only ones included, in sample_id
+    order."""
+    return [(sid, prompt_of(msgs, sid)) for sid, msgs in read_conversations(data_path, shard, shards, prompts=True)]
 
 
 def sampling_of(cfg: dict[str, Any]) -> Sampling:

@@ -45,7 +45,7 @@ def voted(data_path: str | Path, vote_path: str | Path, gen_paths: list[str | Pa
         check_schema(p, GENERATION)
         for r in pq.ParquetFile(p).read(columns=["sample_id", "sample_index", "response"]).to_pylist():
             responses[(r["sample_id"], r["sample_index"])] = r["response"]
-    prompts = dict(read_conversations(data_path, shard, shards))
+    prompts = dict(read_conversations(data_path, shard, shards, prompts=True))
     out = []
     for sid, j in wins:
         if (sid, j) not in responses:

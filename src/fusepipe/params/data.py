@@ -63,6 +63,12 @@ class DataSource(Strict):
         default=None, description="`datasets.load_dataset(data_files=...)`: which files of a hub dataset to read."
     )
     n_samples: int | None = Field(default=None, ge=1, description="Sample this many (seeded), None = all.")
+    prompts_only: bool = Field(
+        default=False, description="The rows are prompts without reference answers (a prompt set, as in "
+        "FuseChat-3.0 or UltraFeedback): each keeps its conversation up to its last user turn, any answer after it "
+        "dropped. They feed only the inference mode (generate, reward vote, logits mode inf: ProFuser); the "
+        "ground-truth stages (gt logits, SFT, training-mode fusion, the eval split) skip them."
+    )
     filters: DataFilters = DataFilters()
 
     @model_validator(mode="after")

@@ -1,7 +1,8 @@
 """`fusepipe ablations`: report/ablations.md and report/ablations.html, one table per ablation grid.
 
 Per grid value: the evaluated model, the toy benchmark's exact match per domain and their mean, the reward-model
-suite's mean raw score over the RMs and the win rate against the pivot, and the deltas of the mean, the RM score
+suite's mean raw score over the RMs and the win rate against the pivot (with a prompt set in the data, also the
+accuracy on the benchmark items only the inference mode can teach: `toy_prompt_set`), and the deltas of the mean, the RM score
 and the win rate against the grid's reference (the paper's choice). The vocab grid adds the alignment coverage
 (valid share, probability mass kept; mean over the pairs). A pivot row gives the scale. Inputs are the models'
 eval/{model}/results.json (`params` from `fusepipe.ablations.report_params`).
@@ -30,6 +31,7 @@ def metrics_of(doc: dict[str, Any]) -> dict[str, float | None]:
     out["toy_mean"] = m.get("toy_mean")
     out["rm_mean"] = sum(rms) / len(rms) if rms else None
     out["win_rate_vs_pivot"] = m.get("win_rate_vs_pivot")
+    out["toy_prompt_set"] = m.get("toy_prompt_set")  # the items only the inference mode can teach (a prompt set)
     return out
 
 
@@ -60,7 +62,7 @@ def grid_tables(params: dict[str, Any], workdir: str | Path) -> list[dict[str, A
             row = {"value": v["value"], "model": v["model"], "reference": v["reference"],
                    "origin": "new" if v["reused"] is None else f"reused ({v['reused']})",
                    **(metrics_of(doc) if doc else {k: None for k in (*DOMAINS, "toy_mean", "rm_mean",
-                                                                      "win_rate_vs_pivot")})}
+                                                                      "win_rate_vs_pivot", "toy_prompt_set")})}
             if "coverage" in v:
                 row.update(_coverage(v["coverage"]))
             rows.append(row)
@@ -71,6 +73,8 @@ def grid_tables(params: dict[str, Any], workdir: str | Path) -> list[dict[str, A
                 r[f"Δ{k}"] = None if a is None or b is None else a - b
         columns = ["value", "model", *DOMAINS, "toy_mean", "Δtoy_mean", "rm_mean", "Δrm_mean",
                    "win_rate_vs_pivot", "Δwin_rate_vs_pivot"]
+        if any(r["toy_prompt_set"] is not None for r in rows):
+            columns.insert(columns.index("toy_mean") + 2, "toy_prompt_set")
         if any("coverage" in v for v in grid["variants"]):
             columns += ["valid_share", "mass_kept"]
         columns.append("origin")
@@ -93,7 +97,8 @@ def grid_tables(params: dict[str, Any], workdir: str | Path) -> list[dict[str, A
 
 HEADERS = {"toy_arith": "arith", "toy_facts": "facts", "toy_strings": "strings", "toy_mean": "toy mean",
            "Δtoy_mean": "Δ mean", "rm_mean": "RM score", "Δrm_mean": "Δ RM", "win_rate_vs_pivot": "win rate",
-           "Δwin_rate_vs_pivot": "Δ win", "valid_share": "valid", "mass_kept": "mass kept"}
+           "Δwin_rate_vs_pivot": "Δ win", "valid_share": "valid", "mass_kept": "mass kept",
+           "toy_prompt_set": "prompt set"}
 
 
 def _fmt(col: str, v: Any) -> str:
@@ -112,7 +117,9 @@ def ranking_text(groups: list[list[str]]) -> str:
 def markdown(tables: list[dict[str, Any]]) -> str:
     out = ["# Ablations", "",
            ("Toy benchmark exact match per domain and mean; RM score = mean raw score over the reward models; win "
-            "rate against the pivot (RM majority). Δ = against the grid's reference (the paper's choice, marked *)."),
+            "rate against the pivot (RM majority); prompt set (where the data has one) = accuracy on the items whose "
+            "prompt the data asks without a reference. Δ = against the grid's reference (the paper's choice, marked "
+            "*)."),
            ""]
     if not tables:
         out.append("No grids configured (`ablations.grids` is empty).")

@@ -86,7 +86,9 @@ def domains_of(results: dict[str, dict[str, Any]]) -> list[str]:
     name = "toy" if "toy" in suites else next((s for s in sorted(suites) if s != "rm"), None)
     if name is None:
         return []
-    return sorted(suites[name], key=lambda k: (DOMAIN_ORDER.index(k) if k in DOMAIN_ORDER else len(DOMAIN_ORDER), k))
+    from fusepipe.report.prompt_set import SUBSETS  # the toy suite's split by the prompt set: not domains
+
+    return sorted(suites[name] - set(SUBSETS), key=lambda k: (DOMAIN_ORDER.index(k) if k in DOMAIN_ORDER else len(DOMAIN_ORDER), k))
 
 
 def role_of(about: dict[str, Any]) -> str:

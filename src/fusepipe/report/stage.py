@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fusepipe.artifacts import MANIFEST, write_json
-from fusepipe.report import headline, transfer
+from fusepipe.report import headline, prompt_set, transfer
 
 log = logging.getLogger("fusepipe.report")
 
@@ -73,15 +73,19 @@ def text_table(metrics: list[str], rows: list[dict[str, Any]], width: int = 120)
 
 
 def summary_text(domains: list[str], head: list[dict[str, Any]], metrics: list[str], rows: list[dict[str, Any]],
-                 pivot: str, sft: str | None, moved: tuple[list[str], list[list[Any]]] = ([], [])) -> str:
-    """summary.txt: the headline table and its legend, what fusion moved (the transfer suite), then the other
-    metrics (judge win rate, RM scores, ...)."""
+                 pivot: str, sft: str | None, moved: tuple[list[str], list[list[Any]]] = ([], []),
+                 sources: tuple[list[str], list[list[str]]] = ([], [])) -> str:
+    """summary.txt: the headline table and its legend, where the accuracy comes from (a run with a prompt set),
+    what fusion moved (the transfer suite), then the other metrics (judge win rate, RM scores, ...)."""
     out = ["Headline: accuracy per domain and their mean (±95 % interval), Δ of the mean", headline.text(domains, head, sft), headline.legend(domains, head, pivot, sft)]
+    if sources[1]:
+        out += ["", "Where the accuracy comes from: items the data asks without a reference (prompt set) and the rest",
+                prompt_set.text(*sources), textwrap.fill(prompt_set.LEGEND, 120)]
     if moved[1]:
         out += ["", "What fusion moved: distance to each source on the fusion data", transfer.text(*moved),
                 textwrap.fill(transfer.LEGEND, 120)]
     rest = [m for m in metrics if m not in domains[:headline.MAX_DOMAINS] and not m.endswith("_mean")
-            and not transfer.is_transfer(m)]
+            and not transfer.is_transfer(m) and m not in prompt_set.SUBSETS]
     if rest:
         out += ["", "Other metrics (raw values; every metric and its deltas: results.csv, index.html)",
                 text_table(rest, rows)]
@@ -241,7 +245,8 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
     metrics, rows = table_rows(results, pivot)
     domains, head = headline.headline_rows(results, counts, pivot, sft)
     moved = transfer.table(results, [r["model"] for r in rows])
-    summary = summary_text(domains, head, metrics, rows, pivot, sft, moved)
+    sources = prompt_set.table(results, where, [r["model"] for r in rows], sft)
+    summary = summary_text(domains, head, metrics, rows, pivot, sft, moved, sources)
     (out_dir / "summary.txt").write_text(summary + "\n")
     import csv
 
@@ -260,6 +265,8 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
              f"<b>{html.escape(pivot)}</b>, SFT baseline: {html.escape(str(sft))}</p>")
     sections = [intro, "<h2>Headline</h2>", headline.html_table(domains, head, sft),
                 f"<p>{html.escape(headline.legend(domains, head, pivot, sft))}</p>",
+                *([("<h2>Where the accuracy comes from</h2>" + _html_table(*sources)
+                    + f"<p>{html.escape(prompt_set.LEGEND)}</p>")] if sources[1] else []),
                 *([("<h2>What fusion moved</h2>" + _html_table(*moved) + f"<p>{html.escape(transfer.LEGEND)}</p>")]
                   if moved[1] else []),
                 ("<h2>All metrics</h2><p>Every model on every suite (toy accuracy, the RM judge's win rate against "

@@ -64,10 +64,11 @@ def run(params: dict[str, Any], out: str | Path, workers: int = 1) -> dict[str, 
     with atomic_path(out.with_name(out.name + ".build")) as tmp:
         with manifest.phase("data"):
             fusion = world.fusion_data(items, preset, seed)
-            world.write_fusion_files(fusion, tmp / "data")
+            prompts = world.prompt_set(items, fusion)
+            world.write_fusion_files(fusion, prompts, tmp / "data")
             world.write_benchmark(bench, tmp / "data" / "benchmark.jsonl")
         manifest["items"] = {d: len(v) for d, v in items.items()}
-        manifest["fusion_conversations"] = {k: len(v) for k, v in fusion.items()}
+        manifest["fusion_conversations"] = {k: len(v) for k, v in fusion.items()} | {"prompts": len(prompts)}
         manifest["benchmark_items"] = {d: sum(it.domain == d for it in bench) for d in world.DOMAINS}
 
         lm_results, rm_results = _build_models(cfg, str(tmp), workers)

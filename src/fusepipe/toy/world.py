@@ -151,6 +151,7 @@ FUSION_FILES = {
     "facts": "facts.json",  # ShareGPT conversations, one JSON array
     "strings": "strings.parquet",  # Orca style (system_prompt, question, response), Parquet
     "dialogue": "dialogue.jsonl",  # multi-turn OpenAI messages, JSONL
+    "prompts": "prompts.jsonl",  # prompts without references (a `prompts_only` source), OpenAI messages, JSONL
 }
 
 
@@ -225,12 +226,20 @@ def fusion_data(items: dict[str, list[Item]], preset: Preset, seed: int) -> dict
     return out
 
 
+def prompt_set(items: dict[str, list[Item]], fusion: dict[str, list[list[dict]]]) -> list[list[dict]]:
+    """The prompt set without references: one user turn for every item whose prompt no ground-truth conversation
+    of the fusion data asks (the papers' prompt collections, which only ProFuser's inference mode can learn from:
+    the sources answer them, the reward models vote)."""
+    asked = {m["content"] for convs in fusion.values() for conv in convs for m in conv if m["role"] == "user"}
+    return [[{"role": "user", "content": it.prompt}] for d in DOMAINS for it in items[d] if it.prompt not in asked]
+
+
 def benchmark(items: dict[str, list[Item]], preset: Preset, seed: int) -> list[Item]:
     rng = random.Random(f"benchmark-{seed}")
     return [it for d in DOMAINS for it in rng.sample(items[d], k=min(preset.n_eval, len(items[d])))]
 
 
-def write_fusion_files(data: dict[str, list[list[dict]]], folder: Path) -> None:
+def write_fusion_files(data: dict[str, list[list[dict]]], prompts: list[list[dict]], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / FUSION_FILES["arith"], "w") as f:
         f.writelines(json.dumps({"messages": conv}) + "\n" for conv in data["arith"])
@@ -248,6 +257,8 @@ def write_fusion_files(data: dict[str, list[list[dict]]], folder: Path) -> None:
     pq.write_table(pa.table(orca), folder / FUSION_FILES["strings"])
     with open(folder / FUSION_FILES["dialogue"], "w") as f:
         f.writelines(json.dumps({"messages": conv}) + "\n" for conv in data["dialogue"])
+    with open(folder / FUSION_FILES["prompts"], "w") as f:
+        f.writelines(json.dumps({"messages": conv}) + "\n" for conv in prompts)
 
 
 def write_benchmark(items: list[Item], path: Path) -> None:
