@@ -135,6 +135,10 @@ def test_inference_logits_need_reward_models():
     assert str(err.value) == ("recipe 'profuser': its schedule trains on mode(s) inf but logits.modes is ['gt']; "
                               "add them there or pick another schedule")
     raw["recipes"] = [r for r in raw["recipes"] if r["kind"] != "profuser"]
+    with pytest.raises(ConfigError) as err:  # the prompt set (no references) would then train nothing
+        fppipeline.load_dict(raw)
+    assert str(err.value).startswith("data.sources: prompts hold(s) prompts without references (prompts_only)")
+    raw["data"]["sources"] = [s for s in raw["data"]["sources"] if not s.get("prompts_only")]
     with pytest.raises(ConfigError) as err:  # so does the schedule ablation grid's profuser value
         fppipeline.load_dict(raw)
     assert str(err.value) == ("ablations.schedule: value 'profuser' trains on mode 'inf' but logits.modes is "

@@ -122,7 +122,27 @@ def test_local_data_is_measured(tmp_path):
                                "columns": {"prompt": "query", "response": "response"}}]
     cfg = plan.pipeline.load_dict(plan.deep_merge(yaml.safe_load(BASE.read_text()), raw))
     (src,) = plan.estimate(cfg)["data"]["sources"]
-    assert src == {"name": "local", "samples": 30, "tokens": 300, "response": 200, "origin": "measured"}
+    assert src == {"name": "local", "samples": 30, "tokens": 300, "response": 200, "origin": "measured",
+                   "prompts_only": False}
+
+
+def test_a_prompt_set_counts_for_the_inference_mode_only():
+    """The toy prompt set (before the world is built: its size from the world's spec) adds prompts to generate and
+    the vote, none to the ground-truth stages: the gt logits and the SFT recipe cost the same without it."""
+    from fusepipe.toy.world import prompt_set_size
+
+    raw = yaml.safe_load(BASE.read_text())
+    raw["workdir"] = "/nonexistent/fusepipe-plan"  # nothing built: sizes from the presets
+    with_set = plan.estimate(plan.pipeline.load_dict(raw))
+    raw["data"]["sources"] = [s for s in raw["data"]["sources"] if not s.get("prompts_only")]
+    without = plan.estimate(plan.pipeline.load_dict(raw))
+    n = prompt_set_size("tiny", 0)
+    assert with_set["data"]["train_samples"] == pytest.approx(without["data"]["train_samples"] + n)
+    assert with_set["data"]["sources"][-1] | {"samples": n} == with_set["data"]["sources"][-1]
+    ratio = with_set["data"]["train_samples"] / without["data"]["train_samples"]
+    gen = [r["stages"]["generate"]["cpu_hours"] for r in (with_set, without)]
+    assert gen[0] == pytest.approx(gen[1] * ratio)
+    assert with_set["data"]["tokens_per_sample"] == without["data"]["tokens_per_sample"]
 
 
 def test_cli_table_json_and_token_override():

@@ -192,9 +192,10 @@ def data_tokens(cfg: fpconfig.Config, a: Assumptions) -> list[dict[str, Any]]:
         measured = _local_measure(src)
         rows = measured[0] if measured else None
         if rows is None and cfg.toy.enabled:
-            from fusepipe.toy.world import PRESETS
+            from fusepipe.toy.world import PRESETS, prompt_set_size
 
-            rows = PRESETS[cfg.toy.preset].n_fusion.get(src.name)
+            rows = (prompt_set_size(cfg.toy.preset, cfg.toy.seed) if src.prompts_only
+                    else PRESETS[cfg.toy.preset].n_fusion.get(src.name))
         rows = rows or ROWS.get(src.path.lower())
         n = min(src.n_samples, rows) if src.n_samples and rows else (src.n_samples or rows)
         if n is None:
@@ -210,7 +211,8 @@ def data_tokens(cfg: fpconfig.Config, a: Assumptions) -> list[dict[str, Any]]:
             tok, origin = TOY_TOKENS, "toy default"
         else:
             tok, origin = DEFAULT_TOKENS, "default"
-        out.append({"name": src.name, "samples": n, "tokens": tok[0], "response": tok[1], "origin": origin})
+        out.append({"name": src.name, "samples": n, "tokens": tok[0], "response": tok[1], "origin": origin,
+                    "prompts_only": src.prompts_only})
     return out
 
 
@@ -233,9 +235,12 @@ def estimate(cfg: fpconfig.Config, a: Assumptions | None = None) -> dict[str, An
     st = {s: Stage() for s in STAGES}
     src = data_tokens(cfg, a)
     n_all = sum(s["samples"] for s in src)
-    n_train = n_all * (1 - cfg.data.eval_fraction)
-    tok = sum(s["samples"] * s["tokens"] for s in src) / n_all  # mean tokens per sample
-    resp = sum(s["samples"] * s["response"] for s in src) / n_all
+    refs = [s for s in src if not s["prompts_only"]] or src  # a prompt set has no reference: inference mode only
+    n_ref = sum(s["samples"] for s in refs) * (1 - cfg.data.eval_fraction)  # training rows with a reference
+    n_train = n_ref + sum(s["samples"] for s in src if s["prompts_only"])  # every training prompt
+    tok = sum(s["samples"] * s["tokens"] for s in refs) / sum(s["samples"] for s in refs)  # mean tokens per sample
+    resp = sum(s["samples"] * s["response"] for s in refs) / sum(s["samples"] for s in refs)
+    n_mode = {"gt": n_ref, "inf": n_train}
     prompt = tok - resp
     size = {m.name: model_size(cfg, m) for m in [*cfg.models, *cfg.reward_models]}
     wbytes = {name: n * 2 for name, (n, _, _) in size.items()}
@@ -275,15 +280,15 @@ def estimate(cfg: fpconfig.Config, a: Assumptions | None = None) -> dict[str, An
         targets = resp if mode == "gt" else gen_tok
         for m in models:
             _, nc, _ = size[m.name]
-            st["logits"].add(L, gpu_h=_hours(2 * nc * n_train * (prompt + targets), a, a.mfu_forward),
-                             disk=n_train * targets * lb, gpu_mem=vllm_mem[m.name], host=host_load[m.name])
+            st["logits"].add(L, gpu_h=_hours(2 * nc * n_mode[mode] * (prompt + targets), a, a.mfu_forward),
+                             disk=n_mode[mode] * targets * lb, gpu_mem=vllm_mem[m.name], host=host_load[m.name])
 
     k_al = cfg.align.k or cfg.logits.k
     aligned_b = 82 * k_al / 10
     largest_vocab = max((ar.vocab for _, _, ar in size.values() if ar), default=32000)
     for s in cfg.sources:
         modes = cfg.align_modes(s.name)
-        t = sum(n_train * (resp if md == "gt" else gen_tok) for md in modes)
+        t = sum(n_mode[md] * (resp if md == "gt" else gen_tok) for md in modes)
         st["align"].add(2 * len(modes) * L + 2, cpu_h=t * 10e-6 / 3600, disk=t * aligned_b,
                         host=8 * GiB + largest_vocab * 64 * cfg.logits.k)
 
@@ -293,9 +298,9 @@ def estimate(cfg: fpconfig.Config, a: Assumptions | None = None) -> dict[str, An
         tr = r.train
         for t in recipes.targets(cfg, r):
             members = len(recipes.members(cfg, res, t))
-            t_tok = sum(n_train * (resp if md == "gt" else gen_tok) for md in res["modes"])
+            t_tok = sum(n_mode[md] * (resp if md == "gt" else gen_tok) for md in res["modes"])
             st["fuse"].add(L, cpu_h=t_tok * members * 2e-6 / 3600, disk=t_tok * aligned_b, host=8 * GiB)
-            seq_tokens = sum(n_train * (tok if md == "gt" else prompt + gen_tok) * p["epochs"] * tr.epochs_scale
+            seq_tokens = sum(n_mode[md] * (tok if md == "gt" else prompt + gen_tok) * p["epochs"] * tr.epochs_scale
                              for p in res["schedule"] for md in p["modes"])
             factor = 8 if tr.gradient_checkpointing else 6
             g = tr.gpus

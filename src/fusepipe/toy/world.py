@@ -234,6 +234,14 @@ def prompt_set(items: dict[str, list[Item]], fusion: dict[str, list[list[dict]]]
     return [[{"role": "user", "content": it.prompt}] for d in DOMAINS for it in items[d] if it.prompt not in asked]
 
 
+def prompt_set_size(preset: str, seed: int) -> int:
+    """How many prompts the toy world's prompt set will hold (for `fusepipe plan` before the world is built)."""
+    from fusepipe.toy.tasks import all_items
+
+    items = all_items(PRESETS[preset].sizes, seed)
+    return len(prompt_set(items, fusion_data(items, PRESETS[preset], seed)))
+
+
 def benchmark(items: dict[str, list[Item]], preset: Preset, seed: int) -> list[Item]:
     rng = random.Random(f"benchmark-{seed}")
     return [it for d in DOMAINS for it in rng.sample(items[d], k=min(preset.n_eval, len(items[d])))]
