@@ -171,3 +171,13 @@ def test_the_small_world_config_changes_the_preset_and_the_workdir_only():
     assert small.model_dump(exclude=same) == tiny.model_dump(exclude=same)
     assert all(m.path.startswith("results-small/toy/") for m in small.models + small.reward_models)
     assert small.ablations.train.epochs_scale == ablations.recipe(small, "profuser").train.epochs_scale  # the schedule grid
+
+
+def test_the_seed1_config_changes_the_world_seed_and_the_workdir_only():
+    """config/seed1.yaml: the embedded default on a second world, for `fusepipe seeds results results-seed1`."""
+    seed1 = plan.load(REPO / "config" / "seed1.yaml", BASE)
+    base = plan.load(BASE, None)
+    assert (seed1.toy.seed, seed1.toy.preset, seed1.workdir) == (1, base.toy.preset, "results-seed1")
+    same = {"toy", "workdir", "models", "reward_models", "data"}
+    assert seed1.model_dump(exclude=same) == base.model_dump(exclude=same)
+    assert all(m.path.startswith("results-seed1/toy/") for m in seed1.models + seed1.reward_models)

@@ -426,6 +426,18 @@ def report_cmd(config_path, config_json, workdir, out):
     click.echo(done["summary"])
 
 
+@cli.command("seeds")
+@click.argument("workdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+def seeds_cmd(workdirs):
+    """The headline over finished runs of different seeds (e.g. `results results-seed1`): mean of the runs, intervals
+    on the pooled items, each run's mean and Δ SFT beside it."""
+    from fusepipe.report import seeds
+
+    if len(workdirs) < 2:
+        raise click.UsageError("give two or more workdirs, one finished run per seed (e.g. results results-seed1)")
+    click.echo(seeds.summary(list(workdirs)))
+
+
 @cli.command("ablations")
 @with_config
 @workdir_option

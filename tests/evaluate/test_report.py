@@ -179,3 +179,52 @@ def test_a_prompt_set_split_is_its_own_table_not_headline_domains(written):
     assert [line.split()[0] for line in summary[at + 2: at + 5]] == ["piv", "train.sft.sft", "train.fc.piv"]
     assert "toy_prompt_set" not in done["summary"]  # not repeated under "Other metrics"
     assert "<h2>Where the accuracy comes from</h2>" in (out / "index.html").read_text()
+
+
+def _run(tmp_path, name, shift):
+    """A finished run's eval/ folder: RESULTS with every toy accuracy moved by `shift`, 100/50/20 items."""
+    paths = []
+    for model, (about, metrics) in RESULTS.items():
+        metrics = {k: (v + shift if k.startswith("toy_") else v) for k, v in metrics.items()}
+        p = tmp_path / name / "eval" / model / "results.json"
+        p.parent.mkdir(parents=True)
+        toy = {k: v for k, v in metrics.items() if k.startswith("toy_")}
+        p.write_text(json.dumps({"model": model, "about": about, "metrics": metrics,
+                                 "suites": {"toy": toy, "rm": {"win_rate_vs_pivot": metrics["win_rate_vs_pivot"]}}}))
+        (p.parent / "toy.json").write_text(json.dumps({"model": model, "kind": "toy", "metrics": toy, "tasks": {
+            f"fusepipe_toy_{d}": {"acc,none": toy[f"toy_{d}"], "n": n} for d, n in N.items()}}))
+        paths.append(p)
+    return tmp_path / name
+
+
+def test_seeds_headline_is_the_mean_of_the_runs_with_pooled_intervals(tmp_path):
+    from fusepipe.report import seeds
+
+    a, b = _run(tmp_path, "results", 0.0), _run(tmp_path, "results-seed1", 0.1)
+    text = seeds.summary([a, b])
+    lines = text.splitlines()
+    assert lines[0].startswith("Headline over 2 runs (results, results-seed1)")
+    merged = next(line for line in lines if line.startswith("merge.f.sce")).split()
+    p = 0.5 + 0.05  # arith: (0.5 + 0.6) / 2 on 200 pooled items
+    assert merged[1:3] == [f"{p:.3f}", f"±{headline.half_width(*headline.wilson(p, 200)):.3f}"]
+    assert merged[-1] == "+0.133"  # Δ SFT of the mean: both runs shifted alike
+    assert "n = 200 / 100 / 40 items (arith / facts / strings)" in " ".join(text.split())
+    per_run = lines[lines.index("Per run: mean accuracy and its Δ SFT") + 1:]
+    assert per_run[0].split() == ["model", "mean", "results", "mean", "results-seed1", "Δ", "SFT", "results", "Δ",
+                                  "SFT", "results-seed1"]
+    sce = next(line for line in per_run if line.startswith("merge.f.sce")).split()
+    assert sce[1:] == ["0.350", "0.450", "+0.133", "+0.133"]
+
+
+def test_seeds_names_a_run_without_results(tmp_path):
+    from click.testing import CliRunner
+
+    from fusepipe.cli import cli
+
+    a = _run(tmp_path, "results", 0.0)
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, ["seeds", str(a), str(tmp_path / "empty")])
+    assert result.exit_code != 0
+    assert f"{tmp_path / 'empty'}: no eval/*/results.json; run `snakemake all` there first" in result.output
+    result = CliRunner().invoke(cli, ["seeds", str(a)])
+    assert result.exit_code == 2 and "give two or more workdirs" in result.output

@@ -26,16 +26,16 @@ def counts(result_path: str | Path) -> dict[str, int]:
     return {f"toy_{name}": s["n"] for name, s in subsets.items() if s.get("n")}
 
 
-def table(results: dict[str, dict[str, Any]], result_paths: dict[str, str | Path], order: list[str],
+def table(results: dict[str, dict[str, Any]], n_items: dict[str, dict[str, int]], order: list[str],
           sft: str | None) -> tuple[list[str], list[list[str]]]:
-    """(header, rows of text cells): model, per subset accuracy ± half-width, and its Δ to SFT; empty without a
-    prompt set."""
+    """(header, rows of text cells): model, per subset accuracy ± half-width (n from `n_items[model]`, see
+    `counts`), and its Δ to SFT; empty without a prompt set."""
     if not any(SUBSETS[0] in r["metrics"] for r in results.values()):
         return [], []
     base = results[sft]["metrics"] if sft in results else {}
     rows = []
     for model in order:
-        m, n = results[model]["metrics"], counts(result_paths[model])
+        m, n = results[model]["metrics"], n_items.get(model, {})
         if SUBSETS[0] not in m:
             continue
         cells = [model]

@@ -245,7 +245,8 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
     metrics, rows = table_rows(results, pivot)
     domains, head = headline.headline_rows(results, counts, pivot, sft)
     moved = transfer.table(results, [r["model"] for r in rows])
-    sources = prompt_set.table(results, where, [r["model"] for r in rows], sft)
+    sources = prompt_set.table(results, {m: prompt_set.counts(where[m]) for m in results},
+                               [r["model"] for r in rows], sft)
     summary = summary_text(domains, head, metrics, rows, pivot, sft, moved, sources)
     (out_dir / "summary.txt").write_text(summary + "\n")
     import csv
