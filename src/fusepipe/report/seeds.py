@@ -90,8 +90,9 @@ def summary(workdirs: list[str | Path]) -> str:
     sft = baseline_of(results)
     domains, rows = headline.headline_rows(results, counts, pivot, sft)
     order = [r["model"] for r in rows]
-    out = [f"Headline over {len(runs)} runs ({', '.join(names)}): accuracy per domain and mean, each the mean of the "
-           "runs (±95 % interval on the pooled items), Δ of the mean",
+    title = (f"Headline over {len(runs)} runs ({', '.join(names)}): accuracy per domain and mean, each the mean of "
+             "the runs (±95 % interval on the pooled items), Δ of the mean")
+    out = [title,
            headline.text(domains, rows, sft), headline.legend(domains, rows, pivot, sft),
            "", "Per run: mean accuracy and its Δ SFT", per_run_table(runs, names, order, sft)]
     moved = prompt_set.table(results, subset_n, order, sft)
