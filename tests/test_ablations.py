@@ -137,6 +137,7 @@ def test_a_grid_value_needing_uncaptured_logits_is_refused():
     def edit(raw):
         raw["recipes"] = [r for r in raw["recipes"] if r["kind"] != "profuser"]
         raw["logits"]["modes"] = ["gt"]
+        raw["data"]["sources"] = [s for s in raw["data"]["sources"] if not s.get("prompts_only")]
 
     with pytest.raises(ConfigError, match=r"ablations\.schedule: value 'profuser' trains on mode 'inf' but "
                                           r"logits\.modes is \['gt'\]"):

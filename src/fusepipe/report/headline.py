@@ -21,6 +21,7 @@ from typing import Any
 Z95 = 1.96
 MAX_DOMAINS = 4  # domain columns the headline shows (model + 4 domains + mean + 2 Δ = 8 at most); the rest below
 DOMAIN_ORDER = ("toy_arith", "toy_facts", "toy_strings")
+SUBSET_METRICS = ("toy_prompt_set", "toy_not_prompt_set")  # the toy suite's split by the prompt set: not domains
 KIND_ORDER = {"pivot": 0, "source": 1, "sft": 2, "train": 3, "merge": 4}
 
 
@@ -86,9 +87,7 @@ def domains_of(results: dict[str, dict[str, Any]]) -> list[str]:
     name = "toy" if "toy" in suites else next((s for s in sorted(suites) if s != "rm"), None)
     if name is None:
         return []
-    from fusepipe.report.prompt_set import SUBSETS  # the toy suite's split by the prompt set: not domains
-
-    return sorted(suites[name] - set(SUBSETS), key=lambda k: (DOMAIN_ORDER.index(k) if k in DOMAIN_ORDER else len(DOMAIN_ORDER), k))
+    return sorted(suites[name] - set(SUBSET_METRICS), key=lambda k: (DOMAIN_ORDER.index(k) if k in DOMAIN_ORDER else len(DOMAIN_ORDER), k))
 
 
 def role_of(about: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fusepipe.report import headline
 
-SUBSETS = ("toy_prompt_set", "toy_not_prompt_set")
+SUBSETS = headline.SUBSET_METRICS
 TITLES = {"toy_prompt_set": "prompt set", "toy_not_prompt_set": "the rest"}
 
 
