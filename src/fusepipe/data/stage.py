@@ -93,11 +93,12 @@ def run(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
         with manifest.phase(f"split:{src['name']}"):
             for parent, where, conv in track(unique, f"splitting {src['name']}", unit="convs"):
                 if src.get("prompts_only"):  # no reference to hold out or split; training prompts only
-                    if n_tokens(conv) > cfg["max_len"]:
+                    length = n_tokens(conv)
+                    if length > cfg["max_len"]:
                         counts.note("prompt_too_long", where)
                         continue
                     rows.append({"sample_id": parent, "messages": conv, "source": src["name"], "split": "train"})
-                    n_tok.append(n_tokens(conv))
+                    n_tok.append(length)
                     continue
                 split = "eval" if _unit(cfg["seed"], "split", parent) < cfg["eval_fraction"] else "train"
                 for block in split_blocks(conv, n_tokens, cfg["max_len"], counts, where):

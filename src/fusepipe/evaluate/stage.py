@@ -159,19 +159,21 @@ def prompt_set(data_path: str | Path) -> set[str]:
     if not Path(data_path).is_file():
         raise ArtifactError(f"{data_path}: missing; the toy suite splits its accuracy by the training data's prompt "
                             "set (a prompts_only source): run the data stage first")
+    from fusepipe.data.clean import is_prompt
+
     convs = pq.ParquetFile(data_path).read(columns=["messages"]).column("messages").to_pylist()
-    return {m[-1]["content"] for m in convs if m[-1]["role"] == "user" and sum(x["role"] == "user" for x in m) == 1}
+    return {m[-1]["content"] for m in convs if is_prompt(m) and sum(x["role"] == "user" for x in m) == 1}
 
 
 def split_by_prompt_set(examples: list[dict[str, Any]], prompts: set[str]) -> dict[str, dict[str, Any]]:
     """Accuracy on the benchmark items whose prompt is in the prompt set (`prompt_set`: only the inference mode
     can learn their answers) and on the rest (`not_prompt_set`), with their counts; marks each example."""
-    out = {}
-    for name, inside in (("prompt_set", True), ("not_prompt_set", False)):
-        hits = [e["correct"] for e in examples if (e["prompt"] in prompts) == inside]
-        out[name] = {"acc": sum(hits) / len(hits) if hits else None, "n": len(hits)}
     for e in examples:
         e["in_prompt_set"] = e["prompt"] in prompts
+    out = {}
+    for name, inside in (("prompt_set", True), ("not_prompt_set", False)):
+        hits = [e["correct"] for e in examples if e["in_prompt_set"] == inside]
+        out[name] = {"acc": sum(hits) / len(hits) if hits else None, "n": len(hits)}
     return out
 
 

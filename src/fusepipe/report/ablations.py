@@ -2,8 +2,8 @@
 
 Per grid value: the evaluated model, the toy benchmark's exact match per domain and their mean, the reward-model
 suite's mean raw score over the RMs and the win rate against the pivot (with a prompt set in the data, also the
-accuracy on the benchmark items only the inference mode can teach: `toy_prompt_set`), and the deltas of the mean, the RM score
-and the win rate against the grid's reference (the paper's choice). The vocab grid adds the alignment coverage
+accuracy on the benchmark items only the inference mode can teach: `toy_prompt_set`), and the deltas of the mean,
+the RM score and the win rate against the grid's reference (the paper's choice). The vocab grid adds the alignment coverage
 (valid share, probability mass kept; mean over the pairs). A pivot row gives the scale. Inputs are the models'
 eval/{model}/results.json (`params` from `fusepipe.ablations.report_params`).
 """
@@ -61,8 +61,7 @@ def grid_tables(params: dict[str, Any], workdir: str | Path) -> list[dict[str, A
             doc = results(v["model"])
             row = {"value": v["value"], "model": v["model"], "reference": v["reference"],
                    "origin": "new" if v["reused"] is None else f"reused ({v['reused']})",
-                   **(metrics_of(doc) if doc else {k: None for k in (*DOMAINS, "toy_mean", "rm_mean",
-                                                                      "win_rate_vs_pivot", "toy_prompt_set")})}
+                   **metrics_of(doc or {})}
             if "coverage" in v:
                 row.update(_coverage(v["coverage"]))
             rows.append(row)

@@ -87,7 +87,8 @@ def domains_of(results: dict[str, dict[str, Any]]) -> list[str]:
     name = "toy" if "toy" in suites else next((s for s in sorted(suites) if s != "rm"), None)
     if name is None:
         return []
-    return sorted(suites[name] - set(SUBSET_METRICS), key=lambda k: (DOMAIN_ORDER.index(k) if k in DOMAIN_ORDER else len(DOMAIN_ORDER), k))
+    return sorted(suites[name] - set(SUBSET_METRICS),
+                  key=lambda k: (DOMAIN_ORDER.index(k) if k in DOMAIN_ORDER else len(DOMAIN_ORDER), k))
 
 
 def role_of(about: dict[str, Any]) -> str:
