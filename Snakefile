@@ -42,7 +42,7 @@ include: "workflow/rules/ablations.smk"
 rule all:
     input:
         rules.data.output,
-        TOY_OUTPUTS,
+        TOY_WORLD,
         rules.vote.output if CFG.reward_models else [],
         logits_targets(),
         align_targets(),

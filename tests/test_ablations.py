@@ -49,11 +49,31 @@ def test_toy_grids_expand_into_variants_reusing_configured_runs():
                    ("naive", "train.abl-fusion-naive.all", None, False)],
         "structure": [("pairwise", "merge.abl-structure-pairwise.rsaf", None, True),
                       ("unified", "train.udf.all", "config", False)],
+        # the paper's alignment is fusechat's own target; the vocab grid's copies already train mined and em
+        "tokenizer": [("paper", "train.fusechat.qwen-arith", "config", True),
+                      ("band", "train.abl-tokenizer-band.qwen-arith", None, False),
+                      ("offsets", "train.abl-tokenizer-offsets.qwen-arith", None, False),
+                      ("mined", "train.abl-vocab-mined.qwen-arith", "grid vocab", False),
+                      ("em", "train.abl-vocab-em.qwen-arith", "grid vocab", False),
+                      ("last", "train.abl-tokenizer-last.qwen-arith", None, False),
+                      ("chain", "train.abl-tokenizer-chain.qwen-arith", None, False)],
     }
     generated = {r.name: r for r in plan.recipes}
     assert list(generated) == ["abl-vocab-mined", "abl-vocab-em", *[f"abl-schedule-{s}" for s in (
         "simulfuse", "reversefuse", "gtlen", "fuse", "csft")], "abl-fusion-mince", "abl-fusion-naive",
-        "abl-structure-pairwise"]
+        "abl-structure-pairwise", "abl-tokenizer-control", "abl-tokenizer-band", "abl-tokenizer-offsets",
+        "abl-tokenizer-last", "abl-tokenizer-chain"]
+    # The tokenizer grid: one target per alignment setting (the source's only), the control's own target.
+    assert generated["abl-tokenizer-band"].sources == ["qwen-arith"]
+    assert generated["abl-tokenizer-band"].align.method == "band"
+    assert generated["abl-tokenizer-control"].sources == ["llama-arith-twin"]
+    assert plan.tokenizer == {
+        "control": "llama-arith-twin", "source": "qwen-arith", "recipe": "fusechat",
+        "control_model": "train.abl-tokenizer-control.llama-arith-twin", "control_recipe": "abl-tokenizer-control",
+        "baseline": "train.sft.sft", "other": "mistral-facts", "other_model": "train.fusechat.mistral-facts",
+        "data_source": "arith", "metric": "toy_arith", "limit": 400}
+    assert [v.align for v in plan.grids["tokenizer"]] == [None, "method-band", "method-offsets", "vocab-mined",
+                                                          "vocab-em", "n_to_one-last", "projection-chain"]
     assert generated["abl-schedule-gtlen"].kind == "profuser" and generated["abl-schedule-gtlen"].schedule == "gtlen"
     assert generated["abl-fusion-naive"].kind == "infifusion_unified"
     assert generated["abl-fusion-naive"].fusion.function == "naive"
@@ -74,8 +94,8 @@ def test_ablation_slices_and_vocab_variant_paths():
     # `all`'s slices carry nothing new (so a built pipeline does not rerun).
     assert "align_variant" not in fppipeline.stage_slice(cfg, "fuse", "fusechat/qwen-arith")
     assert fppipeline.align_slice(cfg, "qwen-arith") == fppipeline.stage_slice(cfg, "align", "qwen-arith")
-    assert fppipeline.align_slice(cfg, "qwen-arith", "ms") == fppipeline.stage_slice(cfg, "align", "qwen-arith")
-    variant = fppipeline.align_slice(cfg, "qwen-arith", "mined")
+    assert fppipeline.align_slice(cfg, "qwen-arith", "vocab-ms") == fppipeline.stage_slice(cfg, "align", "qwen-arith")
+    variant = fppipeline.align_slice(cfg, "qwen-arith", "vocab-mined")
     assert variant["variant"] == "vocab-mined" and variant["align"]["vocab"] == "mined"
     fuse = fppipeline.stage_slice(cfg, "fuse", "abl-vocab-mined/qwen-arith")
     assert fuse["align_variant"] == "vocab-mined"
@@ -91,6 +111,52 @@ def test_ablation_slices_and_vocab_variant_paths():
     assert train["recipe"]["schedule_name"] == "gtlen" and train["recipe"]["schedule"][0]["order"] == "length"
     with pytest.raises(ConfigError, match="no merge 'sft/ties'"):
         fppipeline.stage_slice(cfg, "merge", "sft/ties")
+
+
+def test_align_variants_of_a_recipe():
+    """A recipe's own alignment settings: the variant folder names what differs from `align:`; only a method
+    variant has its own links; equal settings are the pair's own alignment."""
+    from fusepipe import recipes
+    from fusepipe.params.align import own_links, parse_variant, variant_name
+
+    cfg = load()
+    band = ablations.recipe(cfg, "abl-tokenizer-band")
+    assert recipes.align_variant(cfg, band) == "method-band"
+    same = band.model_copy(update={"align": band.align.model_copy(update={"method": "faithful"})})
+    assert recipes.align_variant(cfg, same) is None
+    assert variant_name({"projection": "chain", "method": "band"}) == "method-band+projection-chain"
+    assert parse_variant("method-band+projection-chain") == {"method": "band", "projection": "chain"}
+    assert own_links("method-band+projection-chain") and not own_links("vocab-em") and not own_links(None)
+    with pytest.raises(ValueError, match="'speed-fast' is not KEY-VALUE"):
+        parse_variant("speed-fast")
+    sl = fppipeline.align_slice(cfg, "qwen-arith", "method-band+projection-chain")
+    assert sl["variant"] == "method-band+projection-chain"
+    assert (sl["align"]["method"], sl["align"]["projection"]) == ("band", "chain")
+    fuse = fppipeline.stage_slice(cfg, "fuse", "abl-tokenizer-chain/qwen-arith")
+    assert fuse["align_variant"] == "projection-chain" and fuse["members"] == ["llama-pivot", "qwen-arith"]
+    assert fuse_stage.inputs(fuse, "W", 0)["gt"][1] == (
+        "W/align/llama-pivot~qwen-arith/projection-chain/gt/shard-00000.parquet")
+    assert paths.align_links("W", "p", "s", "gt", 3, "method-band") == "W/align/p~s/method-band/gt/links-00003.npz"
+    # the control is aligned (its own slice), never in `all`'s models, logits or evaluations
+    assert fppipeline.stage_slice(cfg, "align", "llama-arith-twin")["modes"] == ["gt"]
+    assert "llama-arith-twin" not in fppipeline.eval_models(cfg)
+    assert [m.name for m in cfg.controls] == ["llama-arith-twin"] and "llama-arith-twin" not in [
+        m.name for m in cfg.sources]
+
+
+def test_efficiency_gains_and_ratios():
+    from fusepipe.evaluate.efficiency import gains
+
+    kl = {"baseline": 2.0, "other": 1.8, "control": 1.0, "value:paper": 1.2, "value:em": 1.9, "value:worse": 2.1}
+    out = gains(kl)
+    assert out["gain"]["control"] == pytest.approx(1.0) and out["gain"]["other"] == pytest.approx(0.2)
+    paper = out["values"]["paper"]
+    assert paper["efficiency"] == pytest.approx(0.8) and paper["efficiency_net"] == pytest.approx(0.6 / 0.8)
+    assert out["values"]["em"]["efficiency_net"] == pytest.approx(-0.1 / 0.8)  # less than an unrelated source
+    assert out["values"]["worse"]["efficiency"] == pytest.approx(-0.1)
+    # a control target that learned nothing from its teacher: no ratio
+    flat = gains({"baseline": 1.0, "other": 1.0, "control": 1.0, "value:paper": 0.9})
+    assert flat["values"]["paper"]["efficiency"] is None and flat["values"]["paper"]["efficiency_net"] is None
 
 
 def test_no_grids_by_default():
@@ -127,9 +193,68 @@ def _set(path: str, value):
     (_set("ablations.vocab.recipe", "profuser"),
      r"ablations\.vocab\.recipe: recipe 'profuser' trains one unified target.*needs a pairwise recipe"),
     (_set("ablations.grids", ["merge", "sweep"]), r"ablations\.grids\.1: Input should be 'merge'"),
+    (_set("ablations.tokenizer.values", ["paper", "fast"]),
+     r"ablations\.tokenizer\.values\.1: Input should be 'paper'.*\(got \"fast\"\)"),
+    (_set("ablations.tokenizer.control", "qwen-arith"),
+     (r"ablations\.tokenizer\.control: 'qwen-arith'; the grid needs a model with role control .*controls in "
+      r"models: llama-arith-twin")),
+    (_set("ablations.tokenizer.baseline", "fusechat"),
+     r"ablations\.tokenizer\.baseline: no recipe of kind sft named 'fusechat' \(recipes: fusechat \(fusechat\)"),
+    (_set("ablations.tokenizer.other", "qwen-arith"),
+     r"ablations\.tokenizer\.other: needs a source other than 'qwen-arith'"),
+    (_set("ablations.tokenizer.data_source", "poems"),
+     r"ablations\.tokenizer\.data_source: no data source 'poems' \(data\.sources: arith, facts"),
 ])
 def test_bad_grid_values_name_the_key_and_what_is_allowed(edit, message):
     with pytest.raises(ConfigError, match=message):
+        load(edit)
+
+
+def test_the_tokenizer_grid_needs_a_control():
+    def edit(raw):
+        raw["models"] = [m for m in raw["models"] if m["role"] != "control"]
+
+    with pytest.raises(ConfigError, match=r"ablations\.tokenizer\.control: name one control; the grid needs a model "
+                                          r"with role control .*controls in models: none"):
+        load(edit)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"name": "twin", "path": "x", "role": "control"},
+     (r"models: control 'twin' needs twin_of, the source whose twin it is \(one of qwen-arith, mistral-facts, "
+      r"gpt2-strings; got None\)")),
+    ({"name": "twin", "path": "x", "role": "source", "twin_of": "qwen-arith"},
+     r"models: 'twin' has twin_of but role 'source'; only a control is a twin"),
+])
+def test_a_control_names_its_source(model, message):
+    def edit(raw):
+        raw["models"] = [m for m in raw["models"] if m["role"] != "control"] + [model]
+        raw["ablations"]["grids"] = []
+
+    with pytest.raises(ConfigError, match=message):
+        load(edit)
+
+
+@pytest.mark.parametrize("sources, message", [
+    (["qwen-arith", "poet"], (r"recipe 'fusechat': sources must name distinct sources or controls \(models: "
+                              r"qwen-arith, mistral-facts, gpt2-strings, llama-arith-twin; got "
+                              r"\['qwen-arith', 'poet'\]\)")),
+    ([], r"recipe 'fusechat': sources must name distinct sources or controls"),
+])
+def test_a_recipes_sources_are_checked(sources, message):
+    def edit(raw):
+        raw["recipes"][0]["sources"] = sources
+
+    with pytest.raises(ConfigError, match=message):
+        load(edit)
+
+
+def test_align_vocab_and_align_vocab_must_agree():
+    def edit(raw):
+        raw["recipes"][0]["align_vocab"] = "em"
+        raw["recipes"][0]["align"] = {"vocab": "mined"}
+
+    with pytest.raises(ConfigError, match=r"recipe 'fusechat': align_vocab 'em' and align\.vocab 'mined' disagree"):
         load(edit)
 
 
@@ -149,7 +274,7 @@ def test_tables_report_the_results_they_read(tmp_path):
     params = ablations.report_params(cfg)
     workdir = tmp_path / "results"
     metrics = {}
-    for i, model in enumerate(dict.fromkeys([cfg.pivot.name, *ablations.plan(cfg).models])):
+    for i, model in enumerate(ablations.report_models(params)):
         m = {"toy_arith": 0.1 + 0.01 * i, "toy_facts": 0.2 + 0.02 * i, "toy_strings": 0.3, "rm_rm-large": 1.0 + i,
              "rm_rm-medium": -2.0, "rm_rm-small": 0.5 * i, "win_rate_vs_pivot": 0.05 * i}
         m["toy_mean"] = (m["toy_arith"] + m["toy_facts"] + m["toy_strings"]) / 3
@@ -164,9 +289,29 @@ def test_tables_report_the_results_they_read(tmp_path):
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(json.dumps({"valid_share": 0.9 + 0.01 * k, "mass_kept": 0.8}))
                 v["coverage"][k] = str(p)
+    from fusepipe.evaluate.efficiency import gains
+
+    values = [v["value"] for g in params["grids"] if g["grid"] == "tokenizer" for v in g["variants"]]
+    kl = {"baseline": 2.0, "other": 1.9, "control": 1.0} | {f"value:{v}": 1.8 - 0.1 * i for i, v in enumerate(values)}
+    params["tokenizer"]["file"] = str(workdir / "ablations" / "tokenizer.json")
+    Path(params["tokenizer"]["file"]).parent.mkdir(parents=True)
+    Path(params["tokenizer"]["file"]).write_text(json.dumps({"conversations": 7, "data_source": "arith", **gains(kl)}))
     done = report_ablations.run(params, workdir, workdir / "report")
     tables = {t["grid"]: t for t in done["tables"]}
-    assert list(tables) == ["merge", "vocab", "schedule", "fusion", "structure"]
+    assert list(tables) == ["merge", "vocab", "schedule", "fusion", "structure", "tokenizer"]
+    tok = tables.pop("tokenizer")
+    t = params["tokenizer"]
+    sft_arith = metrics[t["baseline"]]["toy_arith"]
+    assert [r["value"] for r in tok["context"]] == ["(SFT)", "(control llama-arith-twin)", "(other mistral-facts)"]
+    for i, r in enumerate(tok["rows"]):
+        assert r["kl"] == pytest.approx(1.8 - 0.1 * i) and r["gain"] == pytest.approx(0.2 + 0.1 * i)
+        assert r["efficiency"] == pytest.approx(r["gain"] / 1.0)
+        assert r["efficiency_net"] == pytest.approx((r["gain"] - 0.1) / 0.9)
+        assert r["metric"] == metrics[r["model"]]["toy_arith"]
+        assert r["Δmetric"] == pytest.approx(r["metric"] - sft_arith)
+    assert tok["ranking"][0] == [values[-1]] and tok["reference"] == "paper"
+    assert "Ranked by net efficiency: chain > last" in (workdir / "report" / "ablations.md").read_text()
+    assert "KL(control ‖ model) over 7 fusion conversations of arith" in (workdir / "report" / "ablations.md").read_text()
     for t in tables.values():
         ref = next(r for r in t["rows"] if r["reference"])
         for r in t["rows"]:
@@ -209,13 +354,18 @@ def test_dry_run_ablations_adds_exactly_the_grid_jobs_and_all_is_unchanged(tmp_p
     assert not re.search(r"/abl-|\.abl-|/vocab-|\.(ties|dare|linear|task_arithmetic)\b|rule report_ablations",
                          everything)
     stats = _job_stats(snakemake(root, "ablations", "-n", "--quiet", "rules").stdout)
-    # Upstream of the grids: everything `all` builds up to training, less the sft baseline's fuse/train/eval and
-    # all's report. New: 17 trained targets (vocab 2x3, schedule 5, fusion 3, structure 3), 7 merges, 15 models;
-    # each vocab map re-runs vocab/project/coverage per pair (2 maps x 3 pairs; 2 modes x 2 shards of projections).
+    # Upstream of the grids: everything `all` builds up to training, less all's report. New: 17 trained targets
+    # (vocab 2x3, schedule 5, fusion 3, structure 3), 7 merges, 15 models; each vocab map re-runs
+    # vocab/project/coverage per pair (2 maps x 3 pairs; 2 modes x 2 shards of projections). The tokenizer grid adds
+    # the twin (built, gt logits and aligned: 2 shards), 5 targets (the control's, band, offsets, last, chain; mined
+    # and em are the vocab grid's), 4 alignment variants of qwen-arith (band and offsets with their own links),
+    # the efficiency job, and needs the SFT baseline's target and results (and the control's).
     assert stats == {
-        "toy_world": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8, "logits_inf": 8,
-        "align_links": 12, "align_vocab": 3, "align_project": 12, "align_coverage": 3,
-        "align_vocab_variant": 6, "align_project_variant": 24, "align_coverage_variant": 6,
-        "fuse": 2 * (4 + 17), "train": 4 + 17, "merge": 2 + 7, "evaluate": 3 * 19, "eval_results": 19,
+        "toy_world": 1, "toy_twin": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8 + 2,
+        "logits_inf": 8, "align_links": 12 + 2, "align_vocab": 3 + 1, "align_project": 12 + 2, "align_coverage": 3,
+        "align_links_variant": 2 * 2 * 2, "align_vocab_variant": 6 + 4, "align_project_variant": 24 + 16,
+        "align_coverage_variant": 6 + 4,
+        "fuse": 2 * (4 + 17 + 1 + 5), "train": 4 + 17 + 1 + 5, "merge": 2 + 7, "evaluate": 3 * 29, "eval_results": 29,
+        "ablation_efficiency": 1,
         "report_ablations": 1, "ablations": 1,
     }

@@ -181,10 +181,10 @@ def test_a_pool_worker_builds_what_the_parent_would(toy, tmp_path):
 
 
 def test_the_twin_is_the_arith_expert_with_the_pivots_tokenizer(tmp_path):
-    """`toy.twin` adds llama-arith-twin last (the rest of the world keeps its order, seeds and files): a Llama that
-    knows what qwen-arith knows, with a tokenizer identical to the pivot's, so the align stage sees the same
-    tokenizer fingerprint and links it to the pivot one to one."""
-    assert world.models() == world.MODELS and world.models(twin=True) == (*world.MODELS, world.TWIN)
+    """llama-arith-twin (its own rule, `toy_world --twin`; not one of the world's models, so the world's files are
+    the same with or without it): a Llama that knows what qwen-arith knows, with a tokenizer identical to the
+    pivot's, so the align stage sees the same tokenizer fingerprint and links it to the pivot one to one."""
+    assert world.models() == world.MODELS and world.TWIN not in world.MODELS and world.TWIN_INDEX == 4
     twin, pivot, expert = world.TWIN, world.MODELS[0], world.MODELS[1]
     assert (twin.arch, twin.tokenizer, twin.strong) == ("llama", pivot.tokenizer, expert.strong)
     preset = world.PRESETS["tiny"]
@@ -192,8 +192,8 @@ def test_the_twin_is_the_arith_expert_with_the_pivots_tokenizer(tmp_path):
     assert world.known_items(twin, items, preset, 0) != world.known_items(pivot, items, preset, 0)
     assert {it.key for it in world.known_items(twin, items, preset, 0) if it.domain == "arith"} == {
         it.key for it in items["arith"]}
-    paths = world.output_paths(tmp_path, twin=True)
-    assert set(paths) - set(world.output_paths(tmp_path)) == {"model:llama-arith-twin", "candidates:llama-arith-twin"}
+    assert world.twin_path(tmp_path) == tmp_path / "models" / "llama-arith-twin"
+    assert world.twin_path(tmp_path) not in world.output_paths(tmp_path).values()
     small = dataclasses.replace(preset, lm_steps=2)
     bench = world.benchmark(items, small, 0)[:4]
     fusion = {d: convs[:2] for d, convs in world.fusion_data(items, small, 0).items()}

@@ -10,6 +10,10 @@ that goes through the same fuse / train / merge / evaluate rules as the configur
 | schedule | profuser, simulfuse, reversefuse, gtlen, fuse, csft | `abl-schedule-{name}`: kind `schedule.kind` on that schedule | ProFuser Tables 1-2 (profuser) |
 | fusion | mince, udf, naive | `abl-fusion-{fn}`: kind `fusion.kind` with that fusion function | InfiFusion Table 2 (udf) |
 | structure | pairwise, unified | `abl-structure-pairwise` (kind `infifusion_pairwise`, merged) or the unified kind | InfiFusion Table 2 (pairwise) |
+| tokenizer | paper, band, offsets, mined, em, last, chain | `abl-tokenizer-{value}`: the base recipe's target of the control's source, its pair aligned with that one setting; plus `abl-tokenizer-control`, the target of the control (the source's twin with the pivot's tokenizer) | InfiFusion's homogeneous case (paper) |
+
+The tokenizer grid's table is the alignment efficiency (fusepipe.evaluate.efficiency): the gain over SFT of a target
+fused with the heterogeneous source, divided by the gain of the target fused with its homogeneous twin.
 
 A generated recipe whose resolved settings equal an existing one's (a configured recipe, or one another grid
 generated) is not generated: the grid reuses that recipe's model, so e.g. the schedule grid's `profuser` value is
@@ -34,6 +38,7 @@ GRID_TITLES = {
     "schedule": "Training schedules (ProFuser Tables 1-2)",
     "fusion": "Fusion functions of one unified target (InfiFusion Table 2)",
     "structure": "Pairwise fusion + merge vs one unified target (InfiFusion Table 2)",
+    "tokenizer": "Alignment efficiency: heterogeneous source vs its homogeneous twin (InfiFusion §2.2)",
 }
 
 
@@ -48,6 +53,7 @@ class Variant:
     reused: str | None  # None: generated for this grid; else where it comes from ("config", "grid fusion", ...)
     reference: bool  # the paper's choice; the grid's deltas are against it
     vocab: str | None = None  # vocab grid: the vocabulary map (its alignment coverage is shown)
+    align: str | None = None  # tokenizer grid: the align folder of the value's pair (None: the pair's own)
 
 
 @dataclass
@@ -58,28 +64,27 @@ class Plan:
     merges: list[tuple[str, str]] = field(default_factory=list)  # (recipe, method) every grid merge, all's too
     grids: dict[str, list[Variant]] = field(default_factory=dict)
     eval_models: dict[str, dict[str, Any]] = field(default_factory=dict)  # evaluation ids not in eval_models(cfg)
+    tokenizer: dict[str, Any] | None = None  # tokenizer grid: control, source, baseline / other / control models
 
     @property
     def models(self) -> list[str]:
         """Every evaluation id the grids read, in grid order, once."""
         return list(dict.fromkeys(v.model for vs in self.grids.values() for v in vs))
 
-    @property
-    def vocab_variants(self) -> list[str]:
-        """Vocabulary maps other than `align.vocab` the grids align with."""
-        return list(dict.fromkeys(r.align_vocab for r in self.recipes if r.align_vocab))
 
 
-def _signature(cfg: Config, recipe: RecipeConfig) -> str:
-    """The recipe's resolved settings without its name: equal signatures train the same models."""
+def _signature(cfg: Config, recipe: RecipeConfig, per_target: bool = False) -> str:
+    """The recipe's resolved settings without its name: equal signatures train the same models. `per_target`:
+    without its sources too (a pairwise recipe's target depends on its own pair only)."""
     import json
 
     from fusepipe import recipes
 
     res = recipes.resolve(recipe)
     res.pop("name")
-    if res.get("align_vocab") in (None, cfg.align.vocab):
-        res["align_vocab"] = None
+    if per_target:
+        res.pop("sources")
+    res["align"] = recipes.align_overrides(cfg, res)
     return json.dumps(res, sort_keys=True)
 
 
@@ -188,6 +193,68 @@ def _plan(cfg: Config) -> Plan:
 
         return RecipeConfig(name=name, kind=kind, **settings, **({"train": a.train} if a.train is not None else {}))
 
+    def tokenizer_value(value: str, ref: bool) -> Variant:
+        """The base recipe's target of the control's source, fused through the value's alignment setting."""
+        from fusepipe.config import TOKENIZER_VALUES
+
+        t = out.tokenizer or tokenizer_setup()
+        base, source = _recipe(cfg, a.tokenizer.recipe, "ablations.tokenizer.recipe", pairwise=True), t["source"]
+        key = TOKENIZER_VALUES[value]
+        settings = {**recipes.resolve(base)["align"], **({key: value} if key else {})}
+        variant = recipes.align_variant(cfg, {"align": settings})
+        if variant == recipes.align_variant(cfg, base):  # the base recipe's own target
+            return Variant("tokenizer", value, f"train.{base.name}.{source}", base.name, "config", ref, align=variant)
+        candidate = base.model_copy(update={"name": f"{PREFIX}-tokenizer-{_slug(value)}", "sources": [source],
+                                            "align": base.align.model_copy(update=settings), "align_vocab": None})
+        same = _signature(cfg, candidate, per_target=True)
+        for recipe, origin in known.values():  # a grid (vocab) may train this very target already
+            if source in recipes.fused_sources(cfg, recipe) and _signature(cfg, recipe, per_target=True) == same:
+                return Variant("tokenizer", value, target_model(recipe, source), recipe.name, origin, ref,
+                               align=variant)
+        recipe, origin = use("tokenizer", value, candidate)
+        return Variant("tokenizer", value, target_model(recipe, source), recipe.name, origin, ref, align=variant)
+
+    def target_model(recipe: RecipeConfig, target: str) -> str:
+        model = f"train.{recipe.name}.{target}"
+        if model not in base_models:
+            out.eval_models[model] = {"path": paths.train_model(cfg.workdir, recipe.name, target), "kind": "train",
+                                      "recipe": recipe.name, "recipe_kind": recipe.kind, "target": target,
+                                      "spec": cfg.pivot}
+        return model
+
+    def tokenizer_setup() -> dict[str, Any]:
+        """The grid's fixed rows: the control's own target, the SFT baseline, an unrelated source's target."""
+        t = a.tokenizer
+        base = _recipe(cfg, t.recipe, "ablations.tokenizer.recipe", pairwise=True)
+        control = tokenizer_control(cfg)
+        source = control.twin_of
+        fused = recipes.fused_sources(cfg, base)
+        if source not in fused:
+            raise ConfigError(f"ablations.tokenizer.recipe: recipe {base.name!r} does not fuse {source!r}, the "
+                              f"source whose twin {control.name!r} is")
+        sft = next((r for r in cfg.recipes if r.name == t.baseline), None)
+        if sft is None or sft.kind != "sft":
+            raise ConfigError(f"ablations.tokenizer.baseline: no recipe of kind sft named {t.baseline!r} (recipes: "
+                              f"{', '.join(f'{r.name} ({r.kind})' for r in cfg.recipes)})")
+        other = t.other or next((s for s in fused if s != source), None)
+        if other is None or other not in fused or other == source:
+            raise ConfigError(f"ablations.tokenizer.other: needs a source other than {source!r} that recipe "
+                              f"{base.name!r} fuses (it fuses {', '.join(fused)}; got {t.other!r})")
+        if t.data_source is not None and t.data_source not in [d.name for d in cfg.data.sources]:
+            raise ConfigError(f"ablations.tokenizer.data_source: no data source {t.data_source!r} (data.sources: "
+                              f"{', '.join(d.name for d in cfg.data.sources)})")
+        if "gt" not in cfg.logits.modes:
+            raise ConfigError("ablations.tokenizer: the efficiency is measured on the ground-truth mode; add 'gt' "
+                              "to logits.modes")
+        twin, _ = use("tokenizer", "control", base.model_copy(update={"name": f"{PREFIX}-tokenizer-control",
+                                                                        "sources": [control.name]}))
+        out.tokenizer = {"control": control.name, "source": source, "recipe": base.name,
+                         "control_model": target_model(twin, control.name), "control_recipe": twin.name,
+                         "baseline": f"train.{sft.name}.sft", "other": other,
+                         "other_model": f"train.{base.name}.{other}", "data_source": t.data_source,
+                         "metric": t.metric, "limit": t.limit}
+        return out.tokenizer
+
     for grid in a.grids:
         values, reference = _values(cfg, grid)
         variants = []
@@ -197,6 +264,8 @@ def _plan(cfg: Config) -> Plan:
                 base = _recipe(cfg, a.merge.recipe, "ablations.merge.recipe", pairwise=True)
                 reused = "config" if (base.name, value) in base_merges else None
                 variants.append(Variant(grid, value, merged(base, value), base.name, reused, ref))
+            elif grid == "tokenizer":
+                variants.append(tokenizer_value(value, ref))
             elif grid == "vocab":
                 base = _recipe(cfg, a.vocab.recipe, "ablations.vocab.recipe", pairwise=True)
                 candidate = base.model_copy(update={"name": f"{PREFIX}-vocab-{_slug(value)}", "align_vocab": value})
@@ -224,6 +293,21 @@ def _plan(cfg: Config) -> Plan:
     return out
 
 
+def tokenizer_control(cfg: Config):
+    """The tokenizer grid's control model (`ablations.tokenizer.control`, else the config's only control)."""
+    controls = cfg.controls
+    name = cfg.ablations.tokenizer.control
+    if name is None and len(controls) == 1:
+        return controls[0]
+    found = next((m for m in controls if m.name == name), None)
+    if found is None:
+        have = ", ".join(m.name for m in controls) or "none"
+        raise ConfigError(f"ablations.tokenizer.control: {'name one control' if name is None else repr(name)}; the "
+                          f"grid needs a model with role control (the source's twin with the pivot's tokenizer); "
+                          f"controls in models: {have}")
+    return found
+
+
 def _slug(value: str) -> str:
     return value.replace("_", "-")
 
@@ -243,9 +327,52 @@ def report_params(cfg: Config, p: Plan | None = None) -> dict[str, Any]:
                 variant = None if v.vocab == cfg.align.vocab else vocab_variant(v.vocab)
                 row["coverage"] = [paths.align_coverage(cfg.workdir, cfg.pivot.name, s.name, variant)
                                    for s in cfg.sources]
+            if grid == "tokenizer":
+                row["coverage"] = [paths.align_coverage(cfg.workdir, cfg.pivot.name, p.tokenizer["source"], v.align)]
             rows.append(row)
         grids.append({"grid": grid, "title": GRID_TITLES[grid], "variants": rows})
-    return {"pivot": cfg.pivot.name, "grids": grids}
+    out = {"pivot": cfg.pivot.name, "grids": grids}
+    if p.tokenizer is not None:
+        out["tokenizer"] = {**p.tokenizer, "file": paths.ablation_file(cfg.workdir, "tokenizer.json")}
+    return out
+
+
+def report_models(params: dict[str, Any]) -> list[str]:
+    """Every evaluation id the ablations report reads (pivot first): the grids' models and the tokenizer grid's
+    baseline, control and other targets."""
+    t = params.get("tokenizer") or {}
+    extra = [t[k] for k in ("baseline", "control_model", "other_model") if k in t]
+    return list(dict.fromkeys([params["pivot"], *[v["model"] for g in params["grids"] for v in g["variants"]],
+                               *extra]))
+
+
+def efficiency_params(cfg: Config) -> dict[str, Any]:
+    """What `fusepipe efficiency` reads (the tokenizer grid's measurement): the students, the control's aligned
+    ground-truth shards, the fusion data, the pivot."""
+    from fusepipe import paths
+    from fusepipe.pipeline import _dump
+
+    p = plan(cfg)
+    t = p.tokenizer
+    if t is None:
+        raise ConfigError("ablations.grids: no tokenizer grid; add `tokenizer` to measure the alignment efficiency")
+    models = {**recipes_eval_models(cfg), **p.eval_models}
+    students = {"baseline": t["baseline"], "other": t["other_model"], "control": t["control_model"]}
+    students |= {f"value:{v.value}": v.model for v in p.grids["tokenizer"]}
+    return {
+        "tokenizer": {k: t[k] for k in ("control", "source", "other", "data_source", "limit")},
+        "students": {role: {"model": m, "path": models[m]["path"]} for role, m in students.items()},
+        "teacher_shards": [paths.align_shard(cfg.workdir, cfg.pivot.name, t["control"], "gt", i)
+                           for i in range(cfg.logits.shards)],
+        "pivot_model": _dump(cfg.pivot),
+        "logits": {"shards": cfg.logits.shards, "overlong": cfg.logits.overlong},
+    }
+
+
+def recipes_eval_models(cfg: Config) -> dict[str, dict[str, Any]]:
+    from fusepipe import recipes
+
+    return recipes.eval_models(cfg)
 
 
 def vocab_variant(vocab: str) -> str:

@@ -38,7 +38,7 @@ def _targets(kind: str, config_path: str | None, config_json: str | None, target
             raise click.UsageError("--target is required together with --config-json")
         return [target]
     cfg = fppipeline.load(config_path or "config/config.yaml")
-    models = {"generate": cfg.generators, "reward": cfg.reward_models, "logits": cfg.models,
+    models = {"generate": cfg.generators, "reward": cfg.reward_models, "logits": cfg.main_models,
               "align": cfg.sources}[kind]
     return [m.name for m in models]
 
@@ -95,12 +95,17 @@ def cli(debug: bool) -> None:
 @click.option("--cpus", type=click.IntRange(min=1),
               help="CPUs to use: max(1, CPUS // toy.threads) models are built side by side (default: "
               "toy.workers of --config, else 1). The world is the same for any value.")
-def toy_world_cmd(config_path, config_json, out, cpus):
+@click.option("--twin", is_flag=True, help="Build only llama-arith-twin, the arith expert with the pivot's "
+              "tokenizer (the homogeneous control: config/twin.yaml, the tokenizer ablation grid).")
+def toy_world_cmd(config_path, config_json, out, cpus, twin):
     """Build the toy world: tiny heterogeneous chat models, reward models and data."""
     from fusepipe.toy import stage
 
     params = _slice("toy_world", config_path, config_json)
     out = out or str(Path(_workdir(config_path, config_json)) / "toy")
+    if twin:
+        stage.run_twin(params, out)
+        return
     if cpus is not None:
         workers = max(1, cpus // int(params["toy"]["threads"]))
     else:
@@ -458,13 +463,37 @@ def ablations_cmd(config_path, config_json, workdir, out, list_only):
         params = json.loads(config_json)
     else:
         params = ablations.report_params(fppipeline.load(config_path or "config/config.yaml"))
-    models = [params["pivot"], *[v["model"] for g in params["grids"] for v in g["variants"]]]
-    missing = [paths.eval_results(workdir, m) for m in dict.fromkeys(models)
+    missing = [paths.eval_results(workdir, m) for m in ablations.report_models(params)
                if not Path(paths.eval_results(workdir, m)).is_file()]
     if missing:
         raise FusepipeError(f"{missing[0]}: missing; run `snakemake ablations` ({len(missing)} model(s) lack results)")
+    if "tokenizer" in params and not Path(params["tokenizer"]["file"]).is_file():
+        raise FusepipeError(f"{params['tokenizer']['file']}: missing; run `snakemake ablations` (the tokenizer "
+                            "grid's efficiency is measured by `fusepipe efficiency`)")
     done = report_ablations.run(params, workdir, out or str(Path(workdir) / "report"))
     click.echo(done["markdown"])
+
+
+@cli.command("efficiency")
+@with_config
+@workdir_option
+@click.option("--out", type=click.Path(dir_okay=False), help="Output JSON (default: WORKDIR/ablations/tokenizer.json).")
+def efficiency_cmd(config_path, config_json, workdir, out):
+    """The tokenizer grid's alignment efficiency: each target's KL to the control (the source's homogeneous twin),
+    its gain over SFT, and gain / the control target's gain (fusepipe.evaluate.efficiency)."""
+    from fusepipe import ablations, paths
+    from fusepipe.evaluate import efficiency
+
+    workdir = workdir or _workdir(config_path, config_json, "--workdir")
+    if config_json:
+        params = json.loads(config_json)
+    else:
+        params = ablations.efficiency_params(fppipeline.load(config_path or "config/config.yaml"))
+    result = efficiency.run(params, workdir, out or paths.ablation_file(workdir, "tokenizer.json"))
+    for value, fig in result["values"].items():
+        eff = "n/a" if fig["efficiency"] is None else f"{fig['efficiency']:.2f}"
+        net = "n/a" if fig["efficiency_net"] is None else f"{fig['efficiency_net']:.2f}"
+        click.echo(f"{value:<14} gain {fig['gain']:+.4f}  efficiency {eff}  net {net}")
 
 
 @cli.command("inspect")

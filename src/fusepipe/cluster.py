@@ -70,6 +70,8 @@ def gpus(cfg: Config, family: str, target: str | None) -> int:
     if family == "evaluate":
         from fusepipe.pipeline import eval_models
 
+        if target is None:  # a measurement over pivot-sized students (the tokenizer grid's efficiency)
+            return cfg.pivot.tensor_parallel_size
         model, _, suite = (target or "").partition("/")
         need = eval_models(cfg, ablations=True)[model]["spec"].tensor_parallel_size
         if suite == "rm" or (suite in cfg.evaluate.suites and cfg.evaluate.suites[suite].kind == "rm"):

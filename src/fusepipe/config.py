@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from fusepipe.params import NAME_PATTERN, Strict, check_unique
-from fusepipe.params.align import AlignConfig
+from fusepipe.params.align import AlignConfig, AlignOverride
 from fusepipe.params.data import DataConfig
 from fusepipe.params.evaluate import EvaluateConfig
 from fusepipe.params.fuse import FusionConfig
@@ -27,11 +27,19 @@ from fusepipe.params.train import PhaseConfig, TrainConfig
 
 
 class ModelSpec(Strict):
-    """A chat model taking part in the fusion (the pivot, i.e. the target, or a source)."""
+    """A chat model taking part in the fusion (the pivot, i.e. the target, or a source), or a control."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Short name used in artifact paths.")
     path: str = Field(description="Local Hugging Face folder or hub id; `{workdir}` is expanded.")
-    role: Literal["pivot", "source"]
+    role: Literal["pivot", "source", "control"] = Field(
+        description="pivot: the model trained; source: a model fused into it; control: a source's homogeneous "
+        "twin (its knowledge with the pivot's tokenizer, `twin_of`), aligned and fused only for the tokenizer "
+        "ablation grid (`all` never runs it)."
+    )
+    twin_of: str | None = Field(
+        default=None, description="role control: the source whose knowledge this model holds with the pivot's "
+        "tokenizer (the tokenizer grid's alignment efficiency compares the two)."
+    )
     chat_template: str | None = Field(
         default=None, description="Jinja chat template overriding the tokenizer's own."
     )
@@ -93,14 +101,30 @@ class RecipeConfig(Strict):
     align_vocab: Literal["ms", "ms_reference", "mined", "em"] | None = Field(
         default=None,
         description="Vocabulary map of the aligned distributions this recipe fuses; None: align.vocab. Another map "
-        "aligns the pairs again under align/{pivot}~{source}/vocab-{map}/ (the token links are shared).",
+        "aligns the pairs again under align/{pivot}~{source}/vocab-{map}/ (the token links are shared). "
+        "Shorthand for `align: {vocab: MAP}`.",
+    )
+    align: AlignOverride = Field(
+        default=AlignOverride(),
+        description="This recipe's own alignment settings (method, vocab, n_to_one, projection); keys left unset "
+        "or equal to `align:` use the pairs' own alignment, others align the pairs again under "
+        "align/{pivot}~{source}/{key}-{value}/ (only `method` runs the token links again).",
+    )
+    sources: list[str] | None = Field(
+        default=None,
+        description="The models this recipe fuses (pairwise: one target each); None: every source. May name "
+        "controls (role control).",
     )
 
 
 # ------------------------------------------------------------------------------------- ablations (issue 8)
 
 MergeMethod = Literal["sce", "rsaf", "task_arithmetic", "ties", "dare", "linear", "slerp"]
-ABLATION_GRIDS = ("merge", "vocab", "schedule", "fusion", "structure")
+ABLATION_GRIDS = ("merge", "vocab", "schedule", "fusion", "structure", "tokenizer")
+# the tokenizer grid's values: one alignment setting each (`paper`: the configured `align:`)
+TOKENIZER_VALUES = {"paper": None, "faithful": "method", "band": "method", "offsets": "method", "ms": "vocab",
+                    "ms_reference": "vocab", "mined": "vocab", "em": "vocab", "weighted": "n_to_one",
+                    "last": "n_to_one", "chain": "projection"}
 
 
 class _Grid(Strict):
@@ -163,11 +187,42 @@ class StructureGrid(_Grid):
     reference: str = Field(default="pairwise", description="InfiFusion: unified does not uniformly beat pairwise.")
 
 
+class TokenizerGrid(_Grid):
+    """Alignment efficiency (InfiFusion's homogeneous case as a control): a pairwise recipe's target fused with a
+    heterogeneous source, once per alignment setting, against the same recipe fused with the source's twin (the
+    control: the same knowledge with the pivot's tokenizer, so an identity alignment)."""
+
+    recipe: str = Field(default="fusechat", description="The pairwise recipe copied per alignment setting.")
+    control: str | None = Field(
+        default=None, description="The control model (role control); None: the config's only control."
+    )
+    baseline: str = Field(default="sft", description="The SFT recipe the gains are measured from.")
+    other: str | None = Field(
+        default=None, description="A source unrelated to the control, whose target the net efficiency subtracts "
+        "(every fused target moves a little towards any sharper teacher); None: the first other source."
+    )
+    data_source: str | None = Field(
+        default=None, description="The fusion data source (data.sources[].name) on which the transfer to the "
+        "control is measured: the control's domain; None: every fusion conversation."
+    )
+    metric: str | None = Field(
+        default=None, description="An evaluation metric (e.g. toy_arith) whose gain over the baseline the table "
+        "also shows; None: the distribution gain only."
+    )
+    limit: int = Field(default=400, ge=1, description="Fusion conversations measured (sample_id order).")
+    values: list[Literal[tuple(TOKENIZER_VALUES)]] = Field(  # type: ignore[valid-type]
+        default=["paper", "band", "offsets", "mined", "em", "last", "chain"],
+        description="paper: the configured `align:`; another value overrides one setting (faithful / band / "
+        "offsets: method; ms / ms_reference / mined / em: vocab; weighted / last: n_to_one; chain: projection).",
+    )
+    reference: str = Field(default="paper", description="The configured alignment (the papers' settings).")
+
+
 class AblationsConfig(Strict):
     """The papers' ablation grids (`snakemake ablations`, docs/evaluate.md): every value becomes a recipe or a merge
     that runs through the same rules as `recipes:`, reusing a configured run where the settings are equal."""
 
-    grids: list[Literal["merge", "vocab", "schedule", "fusion", "structure"]] = Field(
+    grids: list[Literal["merge", "vocab", "schedule", "fusion", "structure", "tokenizer"]] = Field(
         default_factory=list, description="Grids the `ablations` target runs (none by default)."
     )
     train: TrainConfig | None = Field(
@@ -179,6 +234,7 @@ class AblationsConfig(Strict):
     schedule: ScheduleGrid = ScheduleGrid()
     fusion: FusionGrid = FusionGrid()
     structure: StructureGrid = StructureGrid()
+    tokenizer: TokenizerGrid = TokenizerGrid()
 
 
 class ClusterConfig(Strict):
@@ -233,6 +289,13 @@ class Config(Strict):
         pivots = [m.name for m in self.models if m.role == "pivot"]
         if len(pivots) != 1:
             raise ValueError(f"exactly one model must have role: pivot (found {len(pivots)}: {pivots})")
+        sources = [m.name for m in self.models if m.role == "source"]
+        for m in self.models:
+            if m.role == "control" and m.twin_of not in sources:
+                raise ValueError(f"models: control {m.name!r} needs twin_of, the source whose twin it is (one of "
+                                 f"{', '.join(sources) or 'no sources'}; got {m.twin_of!r})")
+            if m.role != "control" and m.twin_of is not None:
+                raise ValueError(f"models: {m.name!r} has twin_of but role {m.role!r}; only a control is a twin")
         if self.generate.models is not None:
             unknown = sorted(set(self.generate.models) - {m.name for m in self.models})
             if unknown:
@@ -260,6 +323,21 @@ class Config(Strict):
     @property
     def sources(self) -> list[ModelSpec]:
         return [m for m in self.models if m.role == "source"]
+
+    @property
+    def controls(self) -> list[ModelSpec]:
+        """Homogeneous twins of sources (role control): aligned and fused only for the tokenizer grid."""
+        return [m for m in self.models if m.role == "control"]
+
+    @property
+    def aligned(self) -> list[ModelSpec]:
+        """Every model that can be aligned onto the pivot: the sources, then the controls."""
+        return [*self.sources, *self.controls]
+
+    @property
+    def main_models(self) -> list[ModelSpec]:
+        """The models `all` runs: the pivot and the sources (not the controls)."""
+        return [m for m in self.models if m.role != "control"]
 
     @property
     def generators(self) -> list[ModelSpec]:

@@ -41,15 +41,17 @@ def pair(pivot: str, source: str) -> str:
 
 
 def align_dir(workdir: str | Path, pivot: str, source: str, variant: str | None = None) -> str:
-    """A pair's align folder; `variant` (e.g. `vocab-mined`, another vocabulary map) a subfolder of it."""
+    """A pair's align folder; `variant` (e.g. `vocab-mined`: a recipe's own alignment settings) a subfolder."""
     base = f"{workdir}/align/{pair(pivot, source)}"
     return f"{base}/{variant}" if variant else base
 
 
-def align_links(workdir: str | Path, pivot: str, source: str, mode: str, shard: int | str) -> str:
-    """One shard's token links and mapping counts (`.npz`, input of the vocabulary map and the projection)."""
+def align_links(workdir: str | Path, pivot: str, source: str, mode: str, shard: int | str,
+                variant: str | None = None) -> str:
+    """One shard's token links and mapping counts (`.npz`, input of the vocabulary map and the projection); a
+    `variant` only where it has its own links (its `method` differs)."""
     name = f"{shard:05d}" if isinstance(shard, int) else shard
-    return f"{align_dir(workdir, pivot, source)}/{mode}/links-{name}.npz"
+    return f"{align_dir(workdir, pivot, source, variant)}/{mode}/links-{name}.npz"
 
 
 def align_shard(workdir: str | Path, pivot: str, source: str, mode: str, shard: int | str,
@@ -97,3 +99,8 @@ def eval_results(workdir: str | Path, model: str) -> str:
 
 def report_file(workdir: str | Path, name: str = "index.html") -> str:
     return f"{workdir}/report/{name}"
+
+
+def ablation_file(workdir: str | Path, name: str) -> str:
+    """A measurement of an ablation grid beyond per-model evaluations (the tokenizer grid's efficiency)."""
+    return f"{workdir}/ablations/{name}"

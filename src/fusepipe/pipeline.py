@@ -99,18 +99,27 @@ def _fuse_slice(cfg: Config, target: str | None) -> dict[str, Any]:
         "align_k": cfg.align.k or cfg.logits.k,
         "gen_shards": cfg.generate.shards,
     }
-    if recipe.align_vocab not in (None, cfg.align.vocab):  # another vocabulary map: its own aligned shards
-        out["align_variant"] = f"vocab-{recipe.align_vocab}"
+    variant = recipes.align_variant(cfg, res)
+    if variant:  # its own alignment settings: the pairs aligned again under align/{pair}/{variant}/
+        out["align_variant"] = variant
     return out
 
 
-def align_slice(cfg: Config, source: str, vocab: str | None = None) -> dict[str, Any]:
-    """The align slice of a pair; with `vocab` other than align.vocab, the slice of its vocab/project/coverage
-    steps under align/{pivot}~{source}/vocab-{map}/ (the links step is the pair's own)."""
+def align_slice(cfg: Config, source: str, variant: str | None = None) -> dict[str, Any]:
+    """The align slice of a pair; with a `variant` (fusepipe.params.align.variant_name: the settings that differ
+    from `align:`, e.g. `vocab-mined`), the slice of its steps under align/{pivot}~{source}/{variant}/ (the links
+    step too when the variant's `method` differs; otherwise it reads the pair's own links)."""
+    from fusepipe.params.align import parse_variant
+
     out = stage_slice(cfg, "align", source)
-    if vocab not in (None, cfg.align.vocab):
-        out["align"] = {**out["align"], "vocab": vocab}
-        out["variant"] = f"vocab-{vocab}"
+    try:
+        overrides = parse_variant(variant)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    overrides = {k: v for k, v in overrides.items() if v != getattr(cfg.align, k)}
+    if overrides:
+        out["align"] = {**out["align"], **overrides}
+        out["variant"] = variant
     return out
 
 
@@ -211,7 +220,7 @@ STAGE_SLICES: dict[str, Any] = {
     },
 }
 STAGE_KEYS = tuple(STAGE_SLICES)
-TARGETED = {"generate": "models", "reward": "reward_models", "logits": "models", "align": "sources"}
+TARGETED = {"generate": "main_models", "reward": "reward_models", "logits": "models", "align": "aligned"}
 
 
 def stage_slice(cfg: Config, stage: str, target: str | None = None) -> dict[str, Any]:

@@ -276,7 +276,7 @@ def estimate(cfg: fpconfig.Config, a: Assumptions | None = None) -> dict[str, An
     L = cfg.logits.shards
     lb = _logits_bytes(cfg.logits.k)
     for mode in cfg.logits.modes:
-        models = cfg.models if mode == "gt" else cfg.generators
+        models = cfg.main_models if mode == "gt" else cfg.generators  # what `all` runs (no controls)
         targets = resp if mode == "gt" else gen_tok
         for m in models:
             _, nc, _ = size[m.name]

@@ -84,14 +84,41 @@ def resolve(recipe: RecipeConfig) -> dict[str, Any]:
         out["schedule_name"] = "custom"
     out["schedule"] = [p.model_dump(mode="json") for p in schedule]
     out["modes"] = sorted({m for p in out["schedule"] for m in p["modes"]})
+    align = {k: v for k, v in out["align"].items() if v is not None}
+    if recipe.align_vocab is not None:
+        if align.get("vocab", recipe.align_vocab) != recipe.align_vocab:
+            raise ConfigError(f"recipe {recipe.name!r}: align_vocab {recipe.align_vocab!r} and align.vocab "
+                              f"{align['vocab']!r} disagree; set one of them")
+        align["vocab"] = recipe.align_vocab
+    out["align"] = align
+    out.pop("align_vocab")
     return out
+
+
+def align_overrides(cfg: Config, recipe: RecipeConfig | dict[str, Any]) -> dict[str, str]:
+    """The recipe's alignment settings that differ from `align:` (none: it fuses the pairs' own alignment)."""
+    res = resolve(recipe) if isinstance(recipe, RecipeConfig) else recipe
+    return {k: v for k, v in res["align"].items() if v != getattr(cfg.align, k)}
+
+
+def align_variant(cfg: Config, recipe: RecipeConfig | dict[str, Any]) -> str | None:
+    """The align folder the recipe's pairs are read from: None (the pairs' own) or e.g. `vocab-mined`."""
+    from fusepipe.params.align import variant_name
+
+    return variant_name(align_overrides(cfg, recipe))
+
+
+def fused_sources(cfg: Config, recipe: RecipeConfig | dict[str, Any]) -> list[str]:
+    """The models a recipe fuses: its `sources`, else every source (role source)."""
+    names = recipe.sources if isinstance(recipe, RecipeConfig) else recipe.get("sources")
+    return list(names) if names is not None else [m.name for m in cfg.sources]
 
 
 def targets(cfg: Config, recipe: RecipeConfig) -> list[str]:
     """The models a recipe trains: one per source (pairwise), or one."""
     if recipe.kind == "sft":
         return [SFT_TARGET]
-    return [m.name for m in cfg.sources] if resolve(recipe)["pairwise"] else [UNIFIED_TARGET]
+    return fused_sources(cfg, recipe) if resolve(recipe)["pairwise"] else [UNIFIED_TARGET]
 
 
 def members(cfg: Config, recipe: dict[str, Any], target: str) -> list[str]:
@@ -99,7 +126,7 @@ def members(cfg: Config, recipe: dict[str, Any], target: str) -> list[str]:
     if recipe["kind"] == "sft":
         return [cfg.pivot.name]
     if target == UNIFIED_TARGET:
-        return [cfg.pivot.name, *[m.name for m in cfg.sources]]
+        return [cfg.pivot.name, *fused_sources(cfg, recipe)]
     return [cfg.pivot.name, target]
 
 
@@ -113,7 +140,7 @@ def eval_models(cfg: Config) -> dict[str, dict[str, Any]]:
     """Every model a run uses or produces, by evaluation id: the config's models by name, each trained target as
     `train.{recipe}.{target}`, each merged model as `merge.{recipe}.{method}` (the ablation grids' models too:
     fusepipe.pipeline.eval_models)."""
-    out = {m.name: {"path": m.path, "kind": m.role, "spec": m} for m in cfg.models}
+    out = {m.name: {"path": m.path, "kind": m.role, "spec": m} for m in cfg.main_models}
     for r in cfg.recipes:
         for t in targets(cfg, r):
             out[f"train.{r.name}.{t}"] = {"path": paths.train_model(cfg.workdir, r.name, t), "kind": "train",
@@ -131,6 +158,16 @@ def check(cfg: Config) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"recipes: names must be unique (duplicated: {', '.join(dupes)})")
+    aligned = [m.name for m in cfg.aligned]
+    for r in cfg.recipes:
+        resolve(r)  # align / align_vocab agree
+        if r.sources is not None:
+            bad = [n for n in r.sources if n not in aligned]
+            if bad or not r.sources or len(set(r.sources)) != len(r.sources):
+                raise ConfigError(f"recipe {r.name!r}: sources must name distinct sources or controls (models: "
+                                  f"{', '.join(aligned)}; got {r.sources})")
+            if r.kind == "sft":
+                raise ConfigError(f"recipe {r.name!r}: an sft recipe fuses nothing; drop its sources")
     unknown = [n for n in (cfg.merge.recipes or []) if n not in names]
     if unknown:
         raise ConfigError(f"merge.recipes: no recipe named {', '.join(unknown)} (recipes: {', '.join(names)})")

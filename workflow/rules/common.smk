@@ -4,13 +4,15 @@ from pathlib import Path
 
 from fusepipe import paths
 from fusepipe.artifacts import code_version, shard_manifest
-from fusepipe.toy.world import output_paths as toy_output_paths
+from fusepipe.toy.world import output_paths as toy_output_paths, twin_path as toy_twin_path
 
 # Shared modules that shape outputs; config.py, params/, pipeline.py and cli.py only parse and dispatch (the slice
 # param covers config).
 SHARED_CODE = ("schemas", "artifacts", "chat", "models")
-TOY_PATHS = toy_output_paths(f"{W}/toy", CFG.toy.twin) if CFG.toy.enabled else {}
-TOY_OUTPUTS = [str(p) for p in TOY_PATHS.values()]
+TOY_PATHS = toy_output_paths(f"{W}/toy") if CFG.toy.enabled else {}
+TOY_TWIN = str(toy_twin_path(f"{W}/toy"))  # built by its own rule, only when a config names it
+TOY_WORLD = [str(p) for p in TOY_PATHS.values()]  # what `all` asks for
+TOY_OUTPUTS = TOY_WORLD + ([TOY_TWIN] if CFG.toy.enabled else [])  # what rules may read
 # the toy world's outputs as Snakemake declares them: model and reward-model folders are directory() outputs
 TOY_DECLARED = [directory(str(p)) if k.startswith(("model:", "rm:")) else str(p) for k, p in TOY_PATHS.items()]
 
@@ -54,11 +56,11 @@ def align_inputs(wc):
 
 
 def align_targets():
-    return [paths.align_coverage(W, PIVOT, s) for s in SOURCE_NAMES]
+    return [paths.align_coverage(W, PIVOT, s.name) for s in CFG.sources]
 
 
 def align_variant_params(wc):
-    return json.dumps(fppipeline.align_slice(CFG, wc.source, wc.vocab), sort_keys=True, separators=(",", ":"))
+    return json.dumps(fppipeline.align_slice(CFG, wc.source, wc.variant), sort_keys=True, separators=(",", ":"))
 
 
 # ---- used by evaluate.smk
@@ -112,7 +114,7 @@ def train_launch(wc):
 def logits_targets():
     out = []
     for mode in CFG.logits.modes:
-        models = MODEL_NAMES if mode == "gt" else GENERATORS
+        models = [m.name for m in CFG.main_models] if mode == "gt" else GENERATORS
         out += [paths.logits_shard(W, mode, m, s) for m in models for s in LOGITS_SHARDS]
     return out
 

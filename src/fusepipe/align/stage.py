@@ -41,6 +41,7 @@ from fusepipe.errors import ArtifactError
 from fusepipe.logits.capture import prepare
 from fusepipe.logits.store import decoded_row_groups, list_array
 from fusepipe.models import load_tokenizer
+from fusepipe.params.align import own_links
 from fusepipe.schemas import aligned_schema, read_k_table
 
 log = logging.getLogger("fusepipe.align")
@@ -485,7 +486,8 @@ def run(params: dict[str, Any], workdir: str | Path, step: str, mode: str | None
 
     pivot, source = params["pivot"]["name"], params["source"]["name"]
     modes, shards = params["modes"], range(params["logits"]["shards"])
-    variant = params.get("variant")  # another vocabulary map: vocab/project/coverage in a subfolder, links shared
+    variant = params.get("variant")  # a recipe's own settings: vocab/project/coverage in a subfolder
+    links_at = variant if own_links(variant) else None  # links too when its method differs, else the pair's
     if mode is not None and mode not in modes:
         raise ArtifactError(f"{pivot}~{source}: mode {mode!r} is not aligned for this pair (aligned: "
                             f"{', '.join(modes) or 'none'}); inf needs the source among the generators")
@@ -501,13 +503,13 @@ def run(params: dict[str, Any], workdir: str | Path, step: str, mode: str | None
                 kw["voted_convs"] = voted(paths.data(workdir), paths.vote_choices(workdir), gens, source, s,
                                           params["logits"]["shards"])
             run_links(params, m, s, paths.logits_shard(workdir, m, source, s),
-                      paths.align_links(workdir, pivot, source, m, s), **kw)
+                      paths.align_links(workdir, pivot, source, m, s, links_at), **kw)
     elif step == "vocab":
-        run_vocab(params, [paths.align_links(workdir, pivot, source, m, s) for m, s in every],
+        run_vocab(params, [paths.align_links(workdir, pivot, source, m, s, links_at) for m, s in every],
                   paths.align_counts(workdir, pivot, source, variant), paths.align_vocab(workdir, pivot, source, variant))
     elif step == "project":
         for m, s in todo:
-            run_project(params, m, s, paths.align_links(workdir, pivot, source, m, s),
+            run_project(params, m, s, paths.align_links(workdir, pivot, source, m, s, links_at),
                         paths.logits_shard(workdir, m, source, s), paths.align_counts(workdir, pivot, source, variant),
                         paths.align_vocab(workdir, pivot, source, variant),
                         paths.align_shard(workdir, pivot, source, m, s, variant))

@@ -21,8 +21,3 @@ class ToyConfig(Strict):
         description="Toy models built side by side, one process of `threads` threads each (the job asks for "
         "workers × threads CPUs); every model has its own seed, so the world is the same for any value.",
     )
-    twin: bool = Field(
-        default=False,
-        description="Also build llama-arith-twin: the arith expert trained the same way with the pivot's tokenizer "
-        "(the homogeneous control of the alignment; config/twin.yaml). The rest of the world is unchanged.",
-    )

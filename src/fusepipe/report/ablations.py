@@ -6,6 +6,12 @@ accuracy on the benchmark items only the inference mode can teach: `toy_prompt_s
 the RM score and the win rate against the grid's reference (the paper's choice). The vocab grid adds the alignment coverage
 (valid share, probability mass kept; mean over the pairs). A pivot row gives the scale. Inputs are the models'
 eval/{model}/results.json (`params` from `fusepipe.ablations.report_params`).
+
+The tokenizer grid has its own table (`tokenizer_table`): per alignment setting, the source's target's KL to the
+control, its gain over SFT, the efficiency and the net efficiency (fusepipe.evaluate.efficiency, from
+ablations/tokenizer.json), the accuracy on the control's domain (`ablations.tokenizer.metric`) and its gain over
+SFT, and the pair's coverage; rows for SFT, the control's own target and the unrelated source's target give the
+scale.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ def grid_tables(params: dict[str, Any], workdir: str | Path) -> list[dict[str, A
     pivot_doc = results(params["pivot"])
     tables = []
     for grid in params["grids"]:
+        if grid["grid"] == "tokenizer":
+            tables.append(tokenizer_table(params, grid, results))
+            continue
         rows = []
         for v in grid["variants"]:
             doc = results(v["model"])
@@ -94,7 +103,52 @@ def grid_tables(params: dict[str, Any], workdir: str | Path) -> list[dict[str, A
     return tables
 
 
-HEADERS = {"toy_arith": "arith", "toy_facts": "facts", "toy_strings": "strings", "toy_mean": "toy mean",
+def tokenizer_table(params: dict[str, Any], grid: dict[str, Any], results) -> dict[str, Any]:
+    """The tokenizer grid: alignment efficiency per setting, with the baseline / control / other rows."""
+    t = params["tokenizer"]
+    eff = json.loads(Path(t["file"]).read_text())
+    metric = t.get("metric")
+
+    def acc(model: str) -> float | None:
+        doc = results(model) or {}
+        return doc.get("metrics", {}).get(metric) if metric else None
+
+    base_acc = acc(t["baseline"])
+
+    def row(value: str, model: str, role: str, **extra: Any) -> dict[str, Any]:
+        a = acc(model)
+        return {"value": value, "model": model, "kl": eff["kl"][role], "gain": eff["gain"][role], "metric": a,
+                "Δmetric": None if a is None or base_acc is None else a - base_acc, **extra}
+
+    context = [row("(SFT)", t["baseline"], "baseline", origin=""),
+               row(f"(control {t['control']})", t["control_model"], "control", origin="", efficiency=1.0,
+                   efficiency_net=1.0),
+               row(f"(other {t['other']})", t["other_model"], "other", origin="")]
+    rows = []
+    for v in grid["variants"]:
+        fig = eff["values"][v["value"]]
+        rows.append({**row(v["value"], v["model"], f"value:{v['value']}"), "reference": v["reference"],
+                     "efficiency": fig["efficiency"], "efficiency_net": fig["efficiency_net"],
+                     "origin": "new" if v["reused"] is None else f"reused ({v['reused']})",
+                     **_coverage(v.get("coverage", []))})
+    columns = ["value", "model", "kl", "gain", "efficiency", "efficiency_net"]
+    if metric:
+        columns += ["metric", "Δmetric"]
+    columns += ["valid_share", "mass_kept", "origin"]
+    ranked = [[r["value"]] for r in sorted(rows, key=lambda r: -(r["efficiency_net"] or float("-inf")))]
+    ref = next((r for r in rows if r.get("reference")), None)
+    return {"grid": "tokenizer", "title": grid["title"], "columns": columns, "rows": rows, "pivot": None,
+            "context": context, "reference": ref["value"] if ref else None, "ranking": ranked,
+            "ranking_by": "net efficiency", "conversations": eff["conversations"], "metric": metric,
+            "headers": {"metric": metric or "", "Δmetric": f"Δ {metric} vs SFT" if metric else ""},
+            "note": (f"KL(control ‖ model) over {eff['conversations']} fusion conversations"
+                     f"{' of ' + eff['data_source'] if eff.get('data_source') else ''}; gain = KL(SFT) − KL(model); "
+                     f"efficiency = gain / the control target's gain; net = (gain − other's) / (control's − "
+                     f"other's). The control is {t['control']}, {t['source']}'s twin with the pivot's tokenizer.")}
+
+
+HEADERS = {"kl": "KL(control‖·)", "gain": "gain", "efficiency": "efficiency", "efficiency_net": "net",
+           "toy_arith": "arith", "toy_facts": "facts", "toy_strings": "strings", "toy_mean": "toy mean",
            "Δtoy_mean": "Δ mean", "rm_mean": "RM score", "Δrm_mean": "Δ RM", "win_rate_vs_pivot": "win rate",
            "Δwin_rate_vs_pivot": "Δ win", "valid_share": "valid", "mass_kept": "mass kept",
            "toy_prompt_set": "prompt set"}
@@ -104,7 +158,7 @@ def _fmt(col: str, v: Any) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:+.3f}" if col.startswith("Δ") else f"{v:.3f}"
+        return f"{v:+.3f}" if col.startswith("Δ") or col == "gain" else f"{v:.3f}"
     return str(v)
 
 
@@ -124,16 +178,18 @@ def markdown(tables: list[dict[str, Any]]) -> str:
         out.append("No grids configured (`ablations.grids` is empty).")
     for t in tables:
         out += [f"## {t['grid']}: {t['title']}", ""]
-        head = [HEADERS.get(c, c) for c in t["columns"]]
+        if t.get("note"):
+            out += [t["note"], ""]
+        head = [t.get("headers", {}).get(c) or HEADERS.get(c, c) for c in t["columns"]]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        rows = ([t["pivot"]] if t["pivot"] else []) + t["rows"]
+        rows = ([t["pivot"]] if t["pivot"] else []) + t.get("context", []) + t["rows"]
         for r in rows:
             cells = [_fmt(c, r.get(c)) for c in t["columns"]]
             if r.get("reference"):
                 cells[0] += " *"
             out.append("| " + " | ".join(cells) + " |")
         if t["ranking"]:
-            out += ["", "Ranked by toy mean: " + ranking_text(t["ranking"])]
+            out += ["", f"Ranked by {t.get('ranking_by', 'toy mean')}: " + ranking_text(t["ranking"])]
         out.append("")
     return "\n".join(out)
 
@@ -145,13 +201,16 @@ def html_page(tables: list[dict[str, Any]]) -> str:
                  "score over the reward models; win rate against the pivot. Δ against the grid's reference (the "
                  "paper's choice, marked *).</p>")]
     for t in tables:
-        rows = ([t["pivot"]] if t["pivot"] else []) + t["rows"]
+        rows = ([t["pivot"]] if t["pivot"] else []) + t.get("context", []) + t["rows"]
         body = [[(_fmt(c, r.get(c)) + (" *" if c == "value" and r.get("reference") else "")) for c in t["columns"]]
                 for r in rows]
+        head = [t.get("headers", {}).get(c) or HEADERS.get(c, c) for c in t["columns"]]
+        ranked_by = t.get("ranking_by", "toy mean")
         sections.append(f"<h2>{html.escape(t['grid'])}: {html.escape(t['title'])}</h2>"
-                        + _html_table([HEADERS.get(c, c) for c in t["columns"]], body)
-                        + (f"<p>Ranked by toy mean: {html.escape(ranking_text(t['ranking']))}</p>" if t["ranking"]
-                           else ""))
+                        + (f"<p>{html.escape(t['note'])}</p>" if t.get("note") else "")
+                        + _html_table(head, body)
+                        + (f"<p>Ranked by {ranked_by}: {html.escape(ranking_text(t['ranking']))}</p>"
+                           if t["ranking"] else ""))
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>fusepipe ablations</title><style>{style}"

@@ -94,11 +94,38 @@ def run(params: dict[str, Any], out: str | Path, workers: int = 1) -> dict[str, 
                 shutil.rmtree(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(tmp / sub), dest)
-    manifest["hashes"] = {k: file_hash(p) for k, p in world.output_paths(out, cfg["twin"]).items()
+    manifest["hashes"] = {k: file_hash(p) for k, p in world.output_paths(out).items()
                           if k != "manifest"}
     manifest["fingerprint"] = fingerprint(out)
     log.info("toy world fingerprint %s", manifest["fingerprint"])
     manifest.write(out)
+    return manifest.data
+
+
+def run_twin(params: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Build the homogeneous twin (world.TWIN: the arith expert with the pivot's tokenizer) into
+    `out/models/llama-arith-twin`, from the world's seed and preset alone (it reads nothing the world built): the
+    same training as the arith expert's, with the seed it has as the world's fifth model."""
+    cfg = params["toy"]
+    preset, seed = world.PRESETS[cfg["preset"]], int(cfg["seed"])
+    torch.set_num_threads(int(cfg["threads"]))
+    manifest = Manifest("toy_twin", params)
+    items = all_items(preset.sizes, seed)
+    bench = world.benchmark(items, preset, seed)
+    fusion = world.fusion_data(items, preset, seed)
+    dest = world.twin_path(out)
+    with atomic_path(dest) as tmp:
+        with manifest.phase("build"):
+            # its sampled answers as the world's models have them (sampling leaves the tokenizer set up exactly as
+            # theirs, so its tokenizer.json is byte-identical to the pivot's); nothing reads them
+            answers = tmp.with_name(tmp.name + ".candidates.jsonl")
+            report = _build_lm(world.TWIN, items, bench, fusion, preset, seed + 101 * world.TWIN_INDEX, tmp, answers)
+            answers.unlink()
+        manifest["model"] = report
+        manifest["hash"] = file_hash(tmp)
+        manifest.write(tmp)
+    log.info("%s: accuracy %s, NLL/byte on the fusion ground truth %s", world.TWIN.name, report["accuracy"],
+             report["gt_nll_per_byte"])
     return manifest.data
 
 
@@ -132,7 +159,7 @@ def _build_models(cfg: dict[str, Any], tmp: str, workers: int) -> tuple[list, li
     """Every toy model, then every reward model (on its toy model's tokenizer, trained on every toy model's sampled
     responses), as (name, report, seconds) in world order. With workers > 1 they run in spawned processes. Each
     model has its own seed and a fixed thread count: the result does not depend on `workers`."""
-    n_lm, n_rm = len(world.models(cfg["twin"])), len(world.REWARD_MODELS)
+    n_lm, n_rm = len(world.models()), len(world.REWARD_MODELS)
     if workers <= 1:
         lms = [_build_lm_job(i, cfg, tmp) for i in range(n_lm)]
         return lms, [_build_rm_job(i, cfg, tmp) for i in range(n_rm)]
@@ -158,7 +185,7 @@ def _build_lm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str,
     preset, seed = world.PRESETS[cfg["preset"]], int(cfg["seed"])
     items = all_items(preset.sizes, seed)
     bench = world.benchmark(items, preset, seed)
-    spec = world.models(cfg["twin"])[i]
+    spec = world.models()[i]
     fusion = world.fusion_data(items, preset, seed)
     report = _build_lm(spec, items, bench, fusion, preset, seed + 101 * i, Path(tmp) / "models" / spec.name,
                        Path(tmp) / "candidates" / f"{spec.name}.jsonl")
@@ -175,7 +202,7 @@ def _build_rm_job(i: int, cfg: dict[str, Any], tmp: str) -> tuple[str, dict[str,
     items = all_items(preset.sizes, seed)
     rspec = world.REWARD_MODELS[i]
     tok = AutoTokenizer.from_pretrained(Path(tmp) / "models" / rspec.tokenizer_of)
-    candidates = [json.loads(line) for m in world.MODELS  # the twin's answers stay out: the same RMs with or without
+    candidates = [json.loads(line) for m in world.MODELS
                   for line in (Path(tmp) / "candidates" / f"{m.name}.jsonl").read_text().splitlines()]
     report = _build_rm(rspec, tok, items, candidates, preset, seed, seed + 1009 * i,
                        Path(tmp) / "reward_models" / rspec.name)

@@ -127,15 +127,17 @@ MODELS: tuple[ToyModel, ...] = (
     ),
 )
 
-# The homogeneous control (InfiFusion's same-tokenizer case; `toy.twin`): the arith expert again, trained the same
-# way on the same items, but a Llama with the pivot's tokenizer, so its alignment onto the pivot is the identity.
+# The homogeneous control (InfiFusion's same-tokenizer case): the arith expert again, trained the same way on the
+# same items, but a Llama with the pivot's tokenizer, so its alignment onto the pivot is the identity. Built on
+# demand by its own rule (`toy_twin`: config/twin.yaml, the tokenizer ablation grid), with the seed it would have
+# as the world's fifth model; it feeds no reward model, so the world is the same with or without it.
 TWIN = ToyModel("llama-arith-twin", "llama", MODELS[0].tokenizer, strong="arith")
+TWIN_INDEX = len(MODELS)  # its seed is world seed + 101 · TWIN_INDEX
 
 
-def models(twin: bool = False) -> tuple[ToyModel, ...]:
-    """The world's toy language models; with `twin`, the homogeneous twin of the arith expert last (it is built
-    after the others and feeds no reward model, so the rest of the world is the same with or without it)."""
-    return (*MODELS, TWIN) if twin else MODELS
+def models() -> tuple[ToyModel, ...]:
+    """The world's toy language models (the twin is not one of them: `TWIN`)."""
+    return MODELS
 
 
 REWARD_MODELS: tuple[ToyRewardModel, ...] = (
@@ -155,16 +157,21 @@ FUSION_FILES = {
 }
 
 
-def output_paths(out: str | Path, twin: bool = False) -> dict[str, Path]:
+def output_paths(out: str | Path) -> dict[str, Path]:
     """Every path the toy world writes, keyed for the Snakefile and the default config."""
     out = Path(out)
-    paths = {f"model:{m.name}": out / "models" / m.name for m in models(twin)}
+    paths = {f"model:{m.name}": out / "models" / m.name for m in models()}
     paths |= {f"rm:{r.name}": out / "reward_models" / r.name for r in REWARD_MODELS}
     paths |= {f"data:{k}": out / "data" / f for k, f in FUSION_FILES.items()}
-    paths |= {f"candidates:{m.name}": out / "candidates" / f"{m.name}.jsonl" for m in models(twin)}
+    paths |= {f"candidates:{m.name}": out / "candidates" / f"{m.name}.jsonl" for m in models()}
     paths["benchmark"] = out / "data" / "benchmark.jsonl"
     paths["manifest"] = out / "_manifest.json"
     return paths
+
+
+def twin_path(out: str | Path) -> Path:
+    """The twin's model folder (its own rule's output; `_manifest.json` inside it says how it was built)."""
+    return Path(out) / "models" / TWIN.name
 
 
 def _frac(*key: Any) -> float:
