@@ -210,13 +210,22 @@ def test_bad_grid_values_name_the_key_and_what_is_allowed(edit, message):
         load(edit)
 
 
-def test_the_tokenizer_grid_needs_a_control():
+def test_without_a_control_the_tokenizer_grid_is_skipped(tmp_path):
+    """A config over the toy one with its own models (no control) still loads and runs the other grids; the
+    report says why the tokenizer grid did not run. Naming a control that is not there is an error (above)."""
     def edit(raw):
         raw["models"] = [m for m in raw["models"] if m["role"] != "control"]
 
-    with pytest.raises(ConfigError, match=r"ablations\.tokenizer\.control: name one control; the grid needs a model "
-                                          r"with role control .*controls in models: none"):
-        load(edit)
+    cfg = load(edit)
+    plan = ablations.plan(cfg)
+    assert "tokenizer" not in plan.grids and plan.tokenizer is None
+    assert plan.skipped == {"tokenizer": "no model with role control (a source's twin with the pivot's tokenizer, "
+                                         "`twin_of`) in models"}
+    assert "tokenizer: skipped: no model with role control" in ablations.describe(cfg)
+    params = ablations.report_params(cfg)
+    md = report_ablations.markdown([], params["skipped"])
+    assert "The tokenizer grid did not run: no model with role control" in md
+    assert "did not run" in report_ablations.html_page([], params["skipped"])
 
 
 @pytest.mark.parametrize("model, message", [
@@ -369,3 +378,50 @@ def test_dry_run_ablations_adds_exactly_the_grid_jobs_and_all_is_unchanged(tmp_p
         "ablation_efficiency": 1,
         "report_ablations": 1, "ablations": 1,
     }
+
+
+def test_efficiency_errors_name_what_is_missing(tmp_path):
+    """`fusepipe efficiency` before its inputs exist: the message names the file and the step that makes it."""
+    from fusepipe.errors import ArtifactError
+    from fusepipe.evaluate import efficiency
+
+    cfg = load()
+    params = ablations.efficiency_params(cfg)
+    with pytest.raises(ArtifactError, match=r"results/align/llama-pivot~llama-arith-twin/gt/shard-00000\.parquet: "
+                                            r"missing; run the align stage for the control 'llama-arith-twin' first"):
+        efficiency.run(params, "results", tmp_path / "out.json")
+    for shard in params["teacher_shards"]:
+        Path(shard).parent.mkdir(parents=True, exist_ok=True)
+        Path(shard).write_text("")
+    with pytest.raises(ArtifactError, match=r"results/data/train\.parquet: missing; run the data stage first"):
+        efficiency.run(params, "results", tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_efficiency_needs_the_grid():
+    cfg = load(_set("ablations.grids", ["merge"]))
+    with pytest.raises(ConfigError, match=r"ablations\.grids: no tokenizer grid; add `tokenizer` to measure"):
+        ablations.efficiency_params(cfg)
+
+
+def test_the_ablations_report_names_what_is_missing(tmp_path):
+    """`fusepipe ablations` before `snakemake ablations` ran: the first missing result, then the efficiency file."""
+    from click.testing import CliRunner
+
+    from fusepipe.cli import cli
+
+    params = ablations.report_params(load(_set("ablations.grids", ["tokenizer"])))
+    params["tokenizer"]["file"] = str(tmp_path / "ablations" / "tokenizer.json")
+    args = ["ablations", "--config-json", json.dumps(params), "--workdir", str(tmp_path)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0
+    assert f"{tmp_path}/eval/llama-pivot/results.json: missing; run `snakemake ablations` (11 model(s) lack " \
+           "results)" in str(res.exception) + res.output
+    for model in ablations.report_models(params):
+        out = Path(paths.eval_results(tmp_path, model))
+        out.parent.mkdir(parents=True)
+        out.write_text(json.dumps({"model": model, "metrics": {}}))
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0
+    assert "ablations/tokenizer.json: missing; run `snakemake ablations` (the tokenizer grid's efficiency is " \
+           "measured by `fusepipe efficiency`)" in str(res.exception) + res.output

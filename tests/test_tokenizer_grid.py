@@ -8,10 +8,11 @@ What must hold on any machine's world:
   the control's own top-1;
 - the control's own target moves towards the control (gain over SFT > 0), and the efficiency file, the report
   table and the formula agree;
-- the vocabulary map matters as measured on seeds 0 and 1 (benchmarks/RESULTS.md, "Alignment efficiency"): net
-  efficiency paper .53 / .58, em .00 / .21, chain .74 / .85. A string-matching map (em) keeps much less than the
-  paper's mapping statistics, and the chain rule keeps more: paper − em ≥ .2 and chain − em ≥ .3 (margins about
-  half the smallest measured gaps). A broken MS map or a garbled projection lands paper at em's level.
+- the vocabulary map matters as measured on seeds 0 and 1 (benchmarks/RESULTS.md, "Alignment efficiency"):
+  efficiency paper .67 / .77, em .31 / .32, chain .82 / .93. A string-matching map (em) keeps much less than the
+  paper's mapping statistics, and the chain rule keeps more: paper − em ≥ .2 and chain − em ≥ .3 (the measured gaps
+  are .36 / .45 and .51 / .61). A broken MS map or a garbled projection lands paper at em's level. (The net
+  efficiency is noisier: its denominator, the control's gain less the unrelated target's, is small on seed 1.)
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def test_efficiency_file_and_report_agree(grid_run):
 
 
 def test_the_vocabulary_map_and_the_projection_matter(grid_run):
-    net = {v: f["efficiency_net"]
+    eff = {v: f["efficiency"]
            for v, f in json.loads((grid_run / "results" / "ablations" / "tokenizer.json").read_text())["values"].items()}
-    assert net["paper"] - net["em"] >= 0.2, net
-    assert net["chain"] - net["em"] >= 0.3, net
+    assert eff["paper"] - eff["em"] >= 0.2, eff
+    assert eff["chain"] - eff["em"] >= 0.3, eff

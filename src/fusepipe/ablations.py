@@ -65,6 +65,7 @@ class Plan:
     grids: dict[str, list[Variant]] = field(default_factory=dict)
     eval_models: dict[str, dict[str, Any]] = field(default_factory=dict)  # evaluation ids not in eval_models(cfg)
     tokenizer: dict[str, Any] | None = None  # tokenizer grid: control, source, baseline / other / control models
+    skipped: dict[str, str] = field(default_factory=dict)  # grid -> why it does not run (a config without control)
 
     @property
     def models(self) -> list[str]:
@@ -256,6 +257,11 @@ def _plan(cfg: Config) -> Plan:
         return out.tokenizer
 
     for grid in a.grids:
+        if grid == "tokenizer" and not cfg.controls and a.tokenizer.control is None:
+            # e.g. a config over the toy one that lists its own models: the other grids still run
+            out.skipped[grid] = ("no model with role control (a source's twin with the pivot's tokenizer, "
+                                 "`twin_of`) in models")
+            continue
         values, reference = _values(cfg, grid)
         variants = []
         for value in values:
@@ -331,7 +337,7 @@ def report_params(cfg: Config, p: Plan | None = None) -> dict[str, Any]:
                 row["coverage"] = [paths.align_coverage(cfg.workdir, cfg.pivot.name, p.tokenizer["source"], v.align)]
             rows.append(row)
         grids.append({"grid": grid, "title": GRID_TITLES[grid], "variants": rows})
-    out = {"pivot": cfg.pivot.name, "grids": grids}
+    out = {"pivot": cfg.pivot.name, "grids": grids, "skipped": p.skipped}
     if p.tokenizer is not None:
         out["tokenizer"] = {**p.tokenizer, "file": paths.ablation_file(cfg.workdir, "tokenizer.json")}
     return out
@@ -350,7 +356,6 @@ def efficiency_params(cfg: Config) -> dict[str, Any]:
     """What `fusepipe efficiency` reads (the tokenizer grid's measurement): the students, the control's aligned
     ground-truth shards, the fusion data, the pivot."""
     from fusepipe import paths
-    from fusepipe.pipeline import _dump
 
     p = plan(cfg)
     t = p.tokenizer
@@ -364,7 +369,7 @@ def efficiency_params(cfg: Config) -> dict[str, Any]:
         "students": {role: {"model": m, "path": models[m]["path"]} for role, m in students.items()},
         "teacher_shards": [paths.align_shard(cfg.workdir, cfg.pivot.name, t["control"], "gt", i)
                            for i in range(cfg.logits.shards)],
-        "pivot_model": _dump(cfg.pivot),
+        "pivot_model": cfg.pivot.model_dump(mode="json", exclude={"params_b"}),  # sizing only: no rerun
         "logits": {"shards": cfg.logits.shards, "overlong": cfg.logits.overlong},
     }
 
@@ -389,6 +394,7 @@ def describe(cfg: Config) -> str:
         for v in variants:
             origin = "new" if v.reused is None else f"reused ({v.reused})"
             lines.append(f"  {v.value:<16} {v.model:<40} {origin}{'  [reference]' if v.reference else ''}")
+    lines += [f"{grid}: skipped: {why}" for grid, why in p.skipped.items()]
     lines.append(f"generated recipes: {', '.join(r.name for r in p.recipes) or 'none'}")
     lines.append(f"new merges: {', '.join(f'{r}/{m}' for r, m in p.merges if f'merge.{r}.{m}' in p.eval_models)}")
     return "\n".join(lines)

@@ -114,6 +114,8 @@ def threads(cfg: Config, family: str, target: str | None = None) -> int:
         return max(1, cfg.cluster.cpus_per_gpu * max(1, gpus(cfg, family, target)))
     if family == "toy_world":
         return cfg.toy.threads * cfg.toy.workers
+    if family == "toy_twin":  # one toy model
+        return cfg.toy.threads
     return cfg.cluster.cpu_threads
 
 

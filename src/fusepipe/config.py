@@ -297,10 +297,11 @@ class Config(Strict):
             if m.role != "control" and m.twin_of is not None:
                 raise ValueError(f"models: {m.name!r} has twin_of but role {m.role!r}; only a control is a twin")
         if self.generate.models is not None:
-            unknown = sorted(set(self.generate.models) - {m.name for m in self.models})
+            can = [m.name for m in self.models if m.role != "control"]  # a control never generates
+            unknown = sorted(set(self.generate.models) - set(can))
             if unknown:
                 raise ValueError(f"generate.models: unknown model(s) {', '.join(unknown)}; models are "
-                                 f"{', '.join(m.name for m in self.models)}")
+                                 f"{', '.join(can)}")
         if "inf" in self.logits.modes and not self.reward_models:
             raise ValueError("logits.modes: 'inf' needs reward_models (the vote picks the responses); "
                              "add reward models or set logits.modes: [gt]")

@@ -119,13 +119,7 @@ rule align_coverage:
 # variant whose `method` differs runs the token links again; the others read the pair's own links.
 
 
-import json
-
-from fusepipe.params.align import VARIANT_PATTERN, own_links
-
-
-def variant_links(wc, mode, shard):
-    return paths.align_links(W, PIVOT, wc.source, mode, shard, wc.variant if own_links(wc.variant) else None)
+from fusepipe.params.align import VARIANT_PATTERN
 
 
 rule align_links_variant:

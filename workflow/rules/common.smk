@@ -59,6 +59,13 @@ def align_targets():
     return [paths.align_coverage(W, PIVOT, s.name) for s in CFG.sources]
 
 
+def variant_links(wc, mode, shard):
+    """The links a variant's steps read: its own (a `method` variant) or the pair's."""
+    from fusepipe.params.align import own_links
+
+    return paths.align_links(W, PIVOT, wc.source, mode, shard, wc.variant if own_links(wc.variant) else None)
+
+
 def align_variant_params(wc):
     return json.dumps(fppipeline.align_slice(CFG, wc.source, wc.variant), sort_keys=True, separators=(",", ":"))
 

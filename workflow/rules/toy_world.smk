@@ -27,7 +27,7 @@ if CFG.toy.enabled:
             workdir=lambda wc: W,  # a function: --lint takes a plain prefix for a hard-coded path
             cfg=lambda wc: stage_params("toy_world"),
             code=stage_code("toy"),
-        threads: CFG.toy.threads
+        threads: fpcluster.rule_threads(CFG, 'toy_twin')
         resources:
             **fpcluster.rule_resources(CFG, 'toy_world'),
         conda:

@@ -167,15 +167,17 @@ def ranking_text(groups: list[list[str]]) -> str:
     return " > ".join(" = ".join(g) for g in groups)
 
 
-def markdown(tables: list[dict[str, Any]]) -> str:
+def markdown(tables: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> str:
     out = ["# Ablations", "",
            ("Toy benchmark exact match per domain and mean; RM score = mean raw score over the reward models; win "
             "rate against the pivot (RM majority); prompt set (where the data has one) = accuracy on the items whose "
             "prompt the data asks without a reference. Δ = against the grid's reference (the paper's choice, marked "
             "*)."),
            ""]
-    if not tables:
+    if not tables and not skipped:
         out.append("No grids configured (`ablations.grids` is empty).")
+    for grid, why in (skipped or {}).items():
+        out += [f"The {grid} grid did not run: {why}.", ""]
     for t in tables:
         out += [f"## {t['grid']}: {t['title']}", ""]
         if t.get("note"):
@@ -194,12 +196,13 @@ def markdown(tables: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def html_page(tables: list[dict[str, Any]]) -> str:
+def html_page(tables: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> str:
     from fusepipe.report.stage import _html_table
 
     sections = [("<h1>fusepipe ablations</h1><p>Toy benchmark exact match per domain and mean; RM score = mean raw "
                  "score over the reward models; win rate against the pivot. Δ against the grid's reference (the "
                  "paper's choice, marked *).</p>")]
+    sections += [f"<p>The {html.escape(g)} grid did not run: {html.escape(why)}.</p>" for g, why in (skipped or {}).items()]
     for t in tables:
         rows = ([t["pivot"]] if t["pivot"] else []) + t.get("context", []) + t["rows"]
         body = [[(_fmt(c, r.get(c)) + (" *" if c == "value" and r.get("reference") else "")) for c in t["columns"]]
@@ -221,8 +224,8 @@ def run(params: dict[str, Any], workdir: str | Path, out_dir: str | Path) -> dic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = grid_tables(params, workdir)
-    md = markdown(tables)
+    md = markdown(tables, params.get("skipped"))
     (out_dir / "ablations.md").write_text(md + "\n")
-    (out_dir / "ablations.html").write_text(html_page(tables))
+    (out_dir / "ablations.html").write_text(html_page(tables, params.get("skipped")))
     log.info("ablations: %s (%d grids)", out_dir / "ablations.html", len(tables))
     return {"tables": tables, "markdown": md}
