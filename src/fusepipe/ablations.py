@@ -129,7 +129,7 @@ _CACHE: dict[int, tuple[Config, str, Plan]] = {}
 def plan(cfg: Config) -> Plan:
     """The configured grids expanded into variants, generated recipes and merges (deterministic; cached per
     config object and content, since Snakemake asks for it in every job's slice)."""
-    key = cfg.model_dump_json(include={"ablations", "recipes", "merge", "align", "workdir", "logits"})
+    key = cfg.model_dump_json(include={"ablations", "recipes", "merge", "align", "workdir", "logits", "models", "data"})
     hit = _CACHE.get(id(cfg))
     if hit is not None and hit[0] is cfg and hit[1] == key:
         return hit[2]
