@@ -181,13 +181,7 @@ def _plan(cfg: Config) -> Plan:
         return model
 
     def trained(recipe: RecipeConfig) -> str:
-        target = _unified_target(cfg, recipe)
-        model = f"train.{recipe.name}.{target}"
-        if model not in base_models:
-            out.eval_models[model] = {"path": paths.train_model(cfg.workdir, recipe.name, target), "kind": "train",
-                                      "recipe": recipe.name, "recipe_kind": recipe.kind, "target": target,
-                                      "spec": cfg.pivot}
-        return model
+        return target_model(recipe, _unified_target(cfg, recipe))
 
     def make(name: str, kind: str, **settings: Any) -> RecipeConfig:
         from fusepipe.config import RecipeConfig
@@ -204,15 +198,16 @@ def _plan(cfg: Config) -> Plan:
         settings = {**recipes.resolve(base)["align"], **({key: value} if key else {})}
         variant = recipes.align_variant(cfg, {"align": settings})
         if variant == recipes.align_variant(cfg, base):  # the base recipe's own target
-            return Variant("tokenizer", value, f"train.{base.name}.{source}", base.name, "config", ref, align=variant)
-        candidate = base.model_copy(update={"name": f"{PREFIX}-tokenizer-{_slug(value)}", "sources": [source],
-                                            "align": base.align.model_copy(update=settings), "align_vocab": None})
-        same = _signature(cfg, candidate, per_target=True)
-        for recipe, origin in known.values():  # a grid (vocab) may train this very target already
-            if source in recipes.fused_sources(cfg, recipe) and _signature(cfg, recipe, per_target=True) == same:
-                return Variant("tokenizer", value, target_model(recipe, source), recipe.name, origin, ref,
-                               align=variant)
-        recipe, origin = use("tokenizer", value, candidate)
+            recipe, origin = base, "config"
+        else:
+            candidate = base.model_copy(update={"name": f"{PREFIX}-tokenizer-{_slug(value)}", "sources": [source],
+                                                "align": base.align.model_copy(update=settings), "align_vocab": None})
+            same = _signature(cfg, candidate, per_target=True)
+            # a grid (vocab) may train this very target already
+            recipe, origin = next(((r, o) for r, o in known.values() if source in recipes.fused_sources(cfg, r)
+                                   and _signature(cfg, r, per_target=True) == same), (None, None))
+            if recipe is None:
+                recipe, origin = use("tokenizer", value, candidate)
         return Variant("tokenizer", value, target_model(recipe, source), recipe.name, origin, ref, align=variant)
 
     def target_model(recipe: RecipeConfig, target: str) -> str:
@@ -355,13 +350,13 @@ def report_models(params: dict[str, Any]) -> list[str]:
 def efficiency_params(cfg: Config) -> dict[str, Any]:
     """What `fusepipe efficiency` reads (the tokenizer grid's measurement): the students, the control's aligned
     ground-truth shards, the fusion data, the pivot."""
-    from fusepipe import paths
+    from fusepipe import paths, recipes
 
     p = plan(cfg)
     t = p.tokenizer
     if t is None:
         raise ConfigError("ablations.grids: no tokenizer grid; add `tokenizer` to measure the alignment efficiency")
-    models = {**recipes_eval_models(cfg), **p.eval_models}
+    models = {**recipes.eval_models(cfg), **p.eval_models}
     students = {"baseline": t["baseline"], "other": t["other_model"], "control": t["control_model"]}
     students |= {f"value:{v.value}": v.model for v in p.grids["tokenizer"]}
     return {
@@ -373,11 +368,6 @@ def efficiency_params(cfg: Config) -> dict[str, Any]:
         "logits": {"shards": cfg.logits.shards, "overlong": cfg.logits.overlong},
     }
 
-
-def recipes_eval_models(cfg: Config) -> dict[str, dict[str, Any]]:
-    from fusepipe import recipes
-
-    return recipes.eval_models(cfg)
 
 
 def vocab_variant(vocab: str) -> str:

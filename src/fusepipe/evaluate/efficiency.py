@@ -38,15 +38,14 @@ def examples(params: dict[str, Any], workdir: str | Path) -> list:
     data = paths.data(workdir, "train")
     if not Path(data).is_file():
         raise ArtifactError(f"{data}: missing; run the data stage first")
-    every = examples_from_data(data, params["pivot_model"], params["logits"]["overlong"], None)
-    source = params["tokenizer"]["data_source"]
-    if source is not None:
+    source, keep = params["tokenizer"]["data_source"], None
+    if source is not None:  # only that source's conversations are tokenized
         rows = pl.read_parquet(data, columns=["sample_id", "source"])
         keep = set(rows.filter(pl.col("source") == source)["sample_id"].to_list())
-        every = [e for e in every if e.key in keep]
-        if not every:
-            raise ArtifactError(f"{data}: no training conversation of data source {source!r} "
-                                "(ablations.tokenizer.data_source)")
+    every = examples_from_data(data, params["pivot_model"], params["logits"]["overlong"], None, keep)
+    if not every:
+        raise ArtifactError(f"{data}: no training conversation of data source {source!r} "
+                            "(ablations.tokenizer.data_source)")
     return every[:int(params["tokenizer"]["limit"])]
 
 

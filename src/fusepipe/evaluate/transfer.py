@@ -124,9 +124,10 @@ def measure(student_path: str | Path, examples: list, teachers: dict[str, dict[s
     return measure_many(student_path, examples, {"teacher": teachers}, batch_size)["teacher"]
 
 
-def examples_from_data(data_path: str | Path, pivot: dict[str, Any], overlong: str, limit: int | None) -> list:
-    """The first `limit` fusion conversations (sample_id order) tokenized for the pivot as the logits stage does
-    (every assistant message a target; `max_model_len` and `overlong` as there)."""
+def examples_from_data(data_path: str | Path, pivot: dict[str, Any], overlong: str, limit: int | None,
+                       sample_ids: set[str] | None = None) -> list:
+    """The first `limit` fusion conversations (sample_id order; only `sample_ids` when given) tokenized for the
+    pivot as the logits stage does (every assistant message a target; `max_model_len` and `overlong` as there)."""
     from fusepipe.generate.stage import read_conversations
     from fusepipe.logits.capture import prepare
     from fusepipe.models import load_tokenizer
@@ -134,7 +135,10 @@ def examples_from_data(data_path: str | Path, pivot: dict[str, Any], overlong: s
 
     tokenizer = load_tokenizer(pivot)
     out = []
-    for sid, messages in read_conversations(data_path, 0, 1)[:limit]:
+    conversations = read_conversations(data_path, 0, 1)
+    if sample_ids is not None:
+        conversations = [c for c in conversations if c[0] in sample_ids]
+    for sid, messages in conversations[:limit]:
         prep = prepare(tokenizer, messages, last_only=False, max_len=int(pivot["max_model_len"]), overlong=overlong,
                        name=pivot["name"], key=sid)
         if prep is not None:
