@@ -76,12 +76,34 @@ def test_reward_models_judge_real_answers_and_are_of_clearly_different_strength(
     """Measured on held-out items' pairs of the toy models' own sampled answers (one right, one wrong)."""
     rms = manifest["reward_models"]
     real = {k: v["real_pair_accuracy"] for k, v in rms.items()}
+    # measured (2 seeds, 2026-12-06): large .68 / .70, medium .60 / .58, small .53 / .47; the same seed built on
+    # another machine moved rm-large by up to .1 (benchmarks/RESULTS.md), hence the margins
+    assert real["rm-large"] > real["rm-medium"], real
     assert real["rm-large"] > real["rm-small"] + 0.05, real
-    assert real["rm-large"] >= 0.65, real
+    assert real["rm-large"] >= 0.6, real
+    # what the reward model's own language model knows: ordering the pairs by likelihood (.90 / .86 for rm-large)
+    assert rms["rm-large"]["base_lm_judge_accuracy"] >= 0.75, rms["rm-large"]
     assert all(v["heldout_real_pairs"] >= 50 for v in rms.values()), rms
     assert {v["strength"] for v in rms.values()} == {1, 2, 3}
     rows = [json.loads(line) for line in (toy / "candidates" / "qwen-arith.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"qwen-arith"} and {r["correct"] for r in rows} == {True, False}
+
+
+def test_the_likelihood_judge_is_antisymmetric(toy):
+    """Σ log p(chosen) > Σ log p(rejected) under a causal LM: swapping every pair gives 1 − the accuracy (no ties
+    between distinct answers), and a response against itself is never preferred."""
+    from fusepipe.toy.evaluate import likelihood_pair_accuracy
+
+    folder = toy / "models" / "qwen-arith"
+    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    items = all_items(world.PRESETS["tiny"].sizes, 0)["arith"][:12]
+    user = [[{"role": "user", "content": it.prompt}] for it in items]
+    pairs = [(u + [{"role": "assistant", "content": it.short}],
+              u + [{"role": "assistant", "content": it.short.replace(it.answer, str(int(it.answer) + 1))}])
+             for u, it in zip(user, items)]
+    acc = likelihood_pair_accuracy(model, tok, pairs, "qwen-arith")
+    assert acc + likelihood_pair_accuracy(model, tok, [(r, c) for c, r in pairs], "qwen-arith") == 1.0
+    assert likelihood_pair_accuracy(model, tok, [(c, c) for c, _ in pairs], "qwen-arith") == 0.0
 
 
 def test_models_are_heterogeneous_hf_folders(toy, manifest):

@@ -69,11 +69,18 @@ def sample(model, tokenizer, prompts: list[list[dict]], stop_ids: list[int], n: 
 def nll_per_byte(model, tokenizer, conversations: list[list[dict]], name: str, batch: int = 32) -> float:
     """Σ NLL of the assistant messages' tokens (turn-closing tokens included) / Σ their UTF-8 bytes, in nats: what
     the `logits` stage stores as nll_sum / n_bytes and MinCE compares with `ce_norm: byte`."""
+    rows = assistant_nll(model, tokenizer, conversations, name, batch)
+    return sum(nll for nll, _ in rows) / max(sum(n for _, n in rows), 1)
+
+
+def assistant_nll(model, tokenizer, conversations: list[list[dict]], name: str,
+                  batch: int = 32) -> list[tuple[float, int]]:
+    """(Σ NLL of the assistant messages' tokens, their UTF-8 bytes) per conversation, in nats."""
     from fusepipe.logits.capture import prepare
 
     prepared = [prepare(tokenizer, conv, last_only=False, max_len=1 << 30, overlong="skip", name=name, key=str(i))
                 for i, conv in enumerate(conversations)]
-    nll, n_bytes = 0.0, 0
+    out = []
     with torch.no_grad():
         for i in range(0, len(prepared), batch):
             chunk = prepared[i : i + batch]
@@ -86,6 +93,13 @@ def nll_per_byte(model, tokenizer, conversations: list[list[dict]], name: str, b
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
             for j, p in enumerate(chunk):
                 pos = torch.from_numpy(p.positions)
-                nll -= float(logp[j, pos - 1, ids[j, pos]].sum())
-                n_bytes += p.n_bytes
-    return nll / max(n_bytes, 1)
+                out.append((-float(logp[j, pos - 1, ids[j, pos]].sum()), p.n_bytes))
+    return out
+
+
+def likelihood_pair_accuracy(model, tokenizer, pairs, name: str) -> float:
+    """Share of (chosen, rejected) pairs a causal LM orders correctly by likelihood alone: Σ log p(chosen response)
+    > Σ log p(rejected response) (the LM as a judge, no trained head)."""
+    chosen = assistant_nll(model, tokenizer, [c for c, _ in pairs], name)
+    rejected = assistant_nll(model, tokenizer, [r for _, r in pairs], name)
+    return float(np.mean([c[0] < r[0] for c, r in zip(chosen, rejected)]))

@@ -21,7 +21,7 @@ import torch
 from fusepipe.artifacts import Manifest, atomic_path, file_hash
 from fusepipe.chat import render_text
 from fusepipe.toy import world
-from fusepipe.toy.evaluate import accuracy, nll_per_byte, pairwise_accuracy, sample
+from fusepipe.toy.evaluate import accuracy, likelihood_pair_accuracy, nll_per_byte, pairwise_accuracy, sample
 from fusepipe.toy.models import causal_lm, reward_model
 from fusepipe.toy.tasks import all_items, check
 from fusepipe.toy.tokenizers import build_tokenizer, stop_token_ids
@@ -84,8 +84,9 @@ def run(params: dict[str, Any], out: str | Path, workers: int = 1) -> dict[str, 
         for name, report, seconds in rm_results:
             manifest["timings_s"][f"rm:{name}"] = seconds
             rm_report[name] = report
-            log.info("%s: accuracy on held-out real candidate pairs %.3f (%d pairs), on corruption pairs %.3f", name,
-                     report["real_pair_accuracy"], report["heldout_real_pairs"], report["pair_accuracy"])
+            log.info("%s: accuracy on held-out real candidate pairs %.3f (%d pairs; its base LM as a likelihood judge "
+                     "%.3f), on corruption pairs %.3f", name, report["real_pair_accuracy"],
+                     report["heldout_real_pairs"], report["base_lm_judge_accuracy"], report["pair_accuracy"])
         manifest["reward_models"] = rm_report
 
         for sub in ("data", "models", "reward_models", "candidates"):
@@ -266,7 +267,8 @@ def as_loaded(tok, model, folder: Path):
 def _build_rm(rspec: world.ToyRewardModel, tok, items, candidates: list[dict], preset: world.Preset,
               world_seed: int, seed: int, folder: Path):
     """A reward model trained on corruption pairs of every item and on real candidate pairs of the items it may
-    see; measured on held-out items' real candidate pairs (and on fresh corruption pairs)."""
+    see; measured on held-out items' real candidate pairs (and on fresh corruption pairs). `base_lm_judge_accuracy`:
+    its language model's own ordering of those pairs by likelihood, before the head is trained (what it knows)."""
     rng = random.Random(seed)
     held = {(it.domain, it.key) for d in world.DOMAINS for it in items[d] if world.rm_heldout(it, preset, world_seed)}
     seen = [c for c in candidates if (c["domain"], c["key"]) not in held]
@@ -281,6 +283,7 @@ def _build_rm(rspec: world.ToyRewardModel, tok, items, candidates: list[dict], p
     base_steps = int(preset.lm_steps * rspec.base_scale)
     lm_losses = train_lm(base, encode_sft(tok, world.training_conversations(known, rng), rspec.name), tok.pad_token_id,
                          base_steps, preset.batch, preset.lr, seed)
+    lm_judge = likelihood_pair_accuracy(base, tok, heldout_real, rspec.name)
     model = reward_model(len(tok), preset, rspec.layers, _special_ids(tok), seed)
     model.model.load_state_dict(base.model.state_dict())
     tok = as_loaded(tok, model, folder)
@@ -303,4 +306,5 @@ def _build_rm(rspec: world.ToyRewardModel, tok, items, candidates: list[dict], p
         "real_pair_accuracy": round(float(real), 4), "real_pair_accuracy_by_domain": by_domain,
         "pair_accuracy": round(float(synthetic), 4),
         "tokenizer_of": rspec.tokenizer_of,
+        "base_lm_judge_accuracy": round(lm_judge, 4),
     }

@@ -37,6 +37,20 @@ def _batches(n: int, batch: int, steps: int, rng: random.Random) -> Iterator[lis
         order = order[batch:]
 
 
+def _length_grouped_batches(lengths: np.ndarray, batch: int, steps: int, rng: random.Random) -> Iterator[list[int]]:
+    """`steps` batches of indices: shuffled epochs over range(len(lengths)), each batch of similar lengths (sorted
+    within windows, batch order shuffled: the training loop's `micro_batches`), so padding costs little."""
+    from fusepipe.train.data import micro_batches
+
+    done = 0
+    while len(lengths):
+        for idx in micro_batches(list(range(len(lengths))), lengths, batch, rng, "shuffle"):
+            if done == steps:
+                return
+            yield idx
+            done += 1
+
+
 def encode_sft(tokenizer, conversations: list[list[dict]], name: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """(input_ids, labels) per conversation; labels are -100 outside the assistant targets."""
     out = []
@@ -115,13 +129,15 @@ def _last_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def train_rm(model, pairs, pad_id: int, steps: int, batch: int, lr: float, seed: int) -> list[float]:
-    """Bradley-Terry loss -log σ(r_chosen - r_rejected)."""
+    """Bradley-Terry loss -log σ(r_chosen - r_rejected), over batches of pairs of similar lengths (1.7x faster a
+    step than random batches on the toy pairs, and as accurate: benchmarks/RESULTS.md, toy reward models)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model.train()
     losses = []
-    for step, idx in enumerate(_batches(len(pairs), batch, steps, rng)):
+    lengths = np.array([max(len(c), len(r)) for c, r in pairs])
+    for step, idx in enumerate(_length_grouped_batches(lengths, batch, steps, rng)):
         seqs = [pairs[i][0] for i in idx] + [pairs[i][1] for i in idx]
         ids = _pad(seqs, pad_id)
         r = _last_scores(model, ids, _lengths_mask(seqs, ids.shape[1]))

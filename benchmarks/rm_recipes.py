@@ -1,0 +1,64 @@
+"""How far training takes a toy reward model on real candidate pairs (issue 16: rm-large ≥ .85).
+
+Rebuilds one reward model of a built toy world with its preference steps scaled (`steps_scale`, × the preset's
+`rm_steps`), everything else as `toy_world` builds it (the same seed, pairs and language-model base), and prints
+per scale its accuracy on the held-out items' real candidate pairs (overall and per domain), the build time, and
+both as ratios against the world's own recipe. The first row also prints the base language model's own accuracy
+as a likelihood judge on the same pairs (Σ log p(chosen) > Σ log p(rejected), no head): what the reward model
+could know.
+
+    python benchmarks/rm_recipes.py results/toy [--rm rm-large] [--scales 3 6 9 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from fusepipe.toy import world
+from fusepipe.toy.stage import _build_rm
+from fusepipe.toy.tasks import all_items
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("toy", type=Path, help="a built toy world (results/toy)")
+    ap.add_argument("--rm", default="rm-large")
+    ap.add_argument("--scales", type=float, nargs="+", default=[3.0, 6.0, 9.0])
+    args = ap.parse_args()
+    cfg = json.loads((args.toy / "_manifest.json").read_text())["config"]["toy"]
+    preset, seed = world.PRESETS[cfg["preset"]], int(cfg["seed"])
+    torch.set_num_threads(int(cfg["threads"]))
+    index = [r.name for r in world.REWARD_MODELS].index(args.rm)
+    rspec = world.REWARD_MODELS[index]
+    items = all_items(preset.sizes, seed)
+    candidates = [json.loads(line) for m in world.MODELS
+                  for line in (args.toy / "candidates" / f"{m.name}.jsonl").read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(args.toy / "models" / rspec.tokenizer_of)
+    rows = []
+    for i, scale in enumerate([rspec.steps_scale] + [s for s in args.scales if s != rspec.steps_scale]):
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            report = _build_rm(dataclasses.replace(rspec, steps_scale=scale), tok, items, candidates, preset, seed,
+                               seed + 1009 * index, Path(tmp) / args.rm)
+        rows.append((scale, report, time.perf_counter() - t0))
+        if i == 0:
+            print(f"{args.rm}, world seed {seed}: {report['heldout_real_pairs']} held-out real pairs; its base LM as "
+                  f"a likelihood judge: {report['base_lm_judge_accuracy']:.3f}")
+        base_acc, base_s = rows[0][1]["real_pair_accuracy"], rows[0][2]
+        by = report["real_pair_accuracy_by_domain"]
+        print(f"steps_scale {scale:>4g} ({int(preset.rm_steps * scale)} steps): real pairs "
+              f"{report['real_pair_accuracy']:.3f} (" + ", ".join(f"{d} {v:.2f}" for d, v in by.items())
+              + f"), x{report['real_pair_accuracy'] / base_acc:.2f} of the world's recipe; build "
+              f"x{(time.perf_counter() - t0) / base_s:.2f} of its time", flush=True)
+
+
+if __name__ == "__main__":
+    main()
