@@ -5,9 +5,10 @@ Rebuilds one reward model of a built toy world with its preference steps scaled 
 per scale its accuracy on the held-out items' real candidate pairs (overall and per domain), the build time, and
 both as ratios against the world's own recipe. The first row also prints the base language model's own accuracy
 as a likelihood judge on the same pairs (Σ log p(chosen) > Σ log p(rejected), no head): what the reward model
-could know.
+could know. `--batching` first times Bradley–Terry steps with length-grouped batches (the world's) against random
+ones (the earlier recipe) on the same pairs, alternating, and prints the median ratio.
 
-    python benchmarks/rm_recipes.py results/toy [--rm rm-large] [--scales 3 6 9 12]
+    python benchmarks/rm_recipes.py results/toy [--rm rm-large] [--scales 3 6 9 12] [--batching]
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +26,10 @@ import torch
 from transformers import AutoTokenizer
 
 from fusepipe.toy import world
+from fusepipe.toy.models import reward_model
 from fusepipe.toy.stage import _build_rm
 from fusepipe.toy.tasks import all_items
+from fusepipe.toy.train import encode_pairs, train_rm
 
 
 def main() -> None:
@@ -32,6 +37,7 @@ def main() -> None:
     ap.add_argument("toy", type=Path, help="a built toy world (results/toy)")
     ap.add_argument("--rm", default="rm-large")
     ap.add_argument("--scales", type=float, nargs="+", default=[3.0, 6.0, 9.0])
+    ap.add_argument("--batching", action="store_true", help="time grouped against random batches first")
     args = ap.parse_args()
     cfg = json.loads((args.toy / "_manifest.json").read_text())["config"]["toy"]
     preset, seed = world.PRESETS[cfg["preset"]], int(cfg["seed"])
@@ -42,6 +48,8 @@ def main() -> None:
     candidates = [json.loads(line) for m in world.MODELS
                   for line in (args.toy / "candidates" / f"{m.name}.jsonl").read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(args.toy / "models" / rspec.tokenizer_of)
+    if args.batching:
+        time_batching(rspec, tok, items, candidates, preset, seed)
     rows = []
     for i, scale in enumerate([rspec.steps_scale] + [s for s in args.scales if s != rspec.steps_scale]):
         t0 = time.perf_counter()
@@ -58,6 +66,27 @@ def main() -> None:
               f"{report['real_pair_accuracy']:.3f} (" + ", ".join(f"{d} {v:.2f}" for d, v in by.items())
               + f"), x{report['real_pair_accuracy'] / base_acc:.2f} of the world's recipe; build "
               f"x{(time.perf_counter() - t0) / base_s:.2f} of its time", flush=True)
+
+
+def time_batching(rspec, tok, items, candidates, preset, seed: int, steps: int = 20, rounds: int = 3) -> None:
+    """Seconds per Bradley–Terry step on the reward model's training pairs (as `_build_rm` builds them, without
+    the label noise), grouped vs random batches, alternating `rounds` times; prints the median ratio."""
+    rng = random.Random(seed)
+    held = {(it.domain, it.key) for d in world.DOMAINS for it in items[d] if world.rm_heldout(it, preset, seed)}
+    seen = [c for c in candidates if (c["domain"], c["key"]) not in held]
+    pairs = world.corruption_pairs(items, rng, n_wrong=2) + world.candidate_pairs(items, seen, rng, per_item=4)
+    enc = encode_pairs(tok, pairs, rspec.name)
+    special = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+    per_step: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for grouped in (True, False):
+            model = reward_model(len(tok), dataclasses.replace(preset, layers=rspec.layers), rspec.layers, special, 0)
+            t0 = time.perf_counter()
+            train_rm(model, enc, tok.pad_token_id, steps, preset.batch, preset.rm_lr, 0, grouped=grouped)
+            per_step[grouped].append((time.perf_counter() - t0) / steps)
+    g, r = statistics.median(per_step[True]), statistics.median(per_step[False])
+    print(f"Bradley-Terry step on {len(enc)} pairs, batch {preset.batch}: grouped {g:.3f} s, random {r:.3f} s "
+          f"(median of {rounds}); grouped / random = x{g / r:.2f}", flush=True)
 
 
 if __name__ == "__main__":

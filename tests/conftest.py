@@ -68,6 +68,16 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 
 @pytest.fixture(autouse=True)
+def _no_rendezvous_left_behind(monkeypatch):
+    """A test that trains in-process sets RANK, MASTER_PORT, … (`setup_distributed`); undone after each test, so
+    they never reach the Snakemake runs of later tests."""
+    from fusepipe.evaluate.stage import DISTRIBUTED_ENV
+
+    for name in DISTRIBUTED_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _run_outside_the_checkout(tmp_path_factory, monkeypatch):
     """Every test runs in an empty folder of its own: a relative path (the config's `workdir: results`, a model
     path under it, `config/config.yaml`) never reaches whatever `make run` left in the checkout."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +190,31 @@ def test_transfer_names_a_teacher_built_on_other_tokens(results, cfg):
     with pytest.raises(Exception) as err:
         transfer.measure(paths.train_model(results, "sft", "sft"), examples, teachers)
     assert str(err.value) == f"sample {first}: the aligned teacher's tokens are not the student's targets"
+
+
+def test_an_evaluate_job_ignores_a_launchers_rendezvous(results, cfg, tmp_path):
+    """Snakemake started from a shell that holds torchrun-style variables (or from a process that trained
+    in-process) passes them to every evaluate job; lm-eval's HF model would open a process group on that
+    MASTER_PORT, and a second evaluate job beside the first died with EADDRINUSE. The port is held here, as by a
+    job running beside it: the job drops the variables and evaluates."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    bench = [json.loads(line) for line in (results / "toy" / "data" / "benchmark.jsonl").read_text().splitlines()]
+    (tmp_path / "toy" / "data").mkdir(parents=True)
+    (tmp_path / "toy" / "data" / "benchmark.jsonl").write_text("".join(json.dumps(b) + "\n" for b in bench[:3]))
+    params = fppipeline.stage_slice(cfg, "evaluate", "qwen-arith/toy")
+    params.pop("prompt_set")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(held.getsockname()[1])}
+        proc = subprocess.run([sys.executable, "-m", "fusepipe", "evaluate", "--config-json", json.dumps(params),
+                               "--workdir", str(tmp_path), "--model", "qwen-arith"],
+                              env=env, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "EADDRINUSE" not in proc.stderr
+    assert json.loads(Path(paths.eval_suite(tmp_path, "qwen-arith", "toy")).read_text())["metrics"]

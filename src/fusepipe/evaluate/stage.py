@@ -33,6 +33,18 @@ DOMAINS = ("arith", "facts", "strings")
 # ------------------------------------------------------------------------------------------ lm-eval harness
 
 
+# a launcher's rendezvous, as torchrun or an in-process training run leaves it in the environment
+DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _one_process() -> None:
+    """An evaluate job is one process. Rendezvous variables inherited from the caller (a shell inside a torchrun or
+    a test process that trained in-process) make accelerate, under lm-eval's HF model, open a process group on the
+    caller's MASTER_PORT, and two evaluate jobs side by side then fail with EADDRINUSE: drop them."""
+    for name in DISTRIBUTED_ENV:
+        os.environ.pop(name, None)
+
+
 def _harness(model_path: str, tasks: list[str], suite: dict[str, Any], spec: dict[str, Any],
              include_path: str | None = None) -> dict[str, Any]:
     """simple_evaluate on the HF backend; returns {task: {metric: value}} and the per-sample records."""
@@ -40,6 +52,7 @@ def _harness(model_path: str, tasks: list[str], suite: dict[str, Any], spec: dic
     import torch
     from lm_eval.tasks import TaskManager
 
+    _one_process()
     # a local task only: skip scanning lm-eval's own ~12 s worth of task YAMLs
     manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else TaskManager()
     dtype = spec.get("dtype", "auto")
