@@ -49,7 +49,14 @@ def _free_port() -> int:
 
 
 def setup_distributed() -> tuple[int, int]:
-    """(rank, world size): from the launcher's environment, else one local process (DeepSpeed needs the env)."""
+    """(rank, world size): from the launcher's environment, else one local process (DeepSpeed needs the env).
+
+    One process that torchrun did not start serves its own rendezvous, on a free port of its own: a MASTER_PORT it
+    inherited (a shell inside a torchrun, a test process that trained before) would put two such jobs side by side
+    on one port (EADDRINUSE)."""
+    alone = os.environ.get("WORLD_SIZE", "1") == "1" and "TORCHELASTIC_RUN_ID" not in os.environ
+    if alone:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
