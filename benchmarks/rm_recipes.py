@@ -27,7 +27,7 @@ from transformers import AutoTokenizer
 
 from fusepipe.toy import world
 from fusepipe.toy.models import reward_model
-from fusepipe.toy.stage import _build_rm
+from fusepipe.toy.stage import _build_rm, rm_pairs
 from fusepipe.toy.tasks import all_items
 from fusepipe.toy.train import encode_pairs, train_rm
 
@@ -71,10 +71,7 @@ def main() -> None:
 def time_batching(rspec, tok, items, candidates, preset, seed: int, steps: int = 20, rounds: int = 3) -> None:
     """Seconds per Bradley–Terry step on the reward model's training pairs (as `_build_rm` builds them, without
     the label noise), grouped vs random batches, alternating `rounds` times; prints the median ratio."""
-    rng = random.Random(seed)
-    held = {(it.domain, it.key) for d in world.DOMAINS for it in items[d] if world.rm_heldout(it, preset, seed)}
-    seen = [c for c in candidates if (c["domain"], c["key"]) not in held]
-    pairs = world.corruption_pairs(items, rng, n_wrong=2) + world.candidate_pairs(items, seen, rng, per_item=4)
+    pairs, _ = rm_pairs(items, candidates, preset, seed, random.Random(seed))
     enc = encode_pairs(tok, pairs, rspec.name)
     special = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
     per_step: dict[bool, list[float]] = {True: [], False: []}

@@ -264,17 +264,24 @@ def as_loaded(tok, model, folder: Path):
     return AutoTokenizer.from_pretrained(folder)
 
 
+def rm_pairs(items, candidates: list[dict], preset: world.Preset, world_seed: int, rng: random.Random):
+    """(training pairs, held-out real pairs) of a reward model, both (chosen, rejected) and noise-free: corruption
+    pairs of every item plus real candidate pairs of the items it may see; every real pair of the held-out items."""
+    held = {(it.domain, it.key) for d in world.DOMAINS for it in items[d] if world.rm_heldout(it, preset, world_seed)}
+    seen = [c for c in candidates if (c["domain"], c["key"]) not in held]
+    train = world.corruption_pairs(items, rng, n_wrong=2) + world.candidate_pairs(items, seen, rng, per_item=4)
+    heldout = world.candidate_pairs(items, [c for c in candidates if (c["domain"], c["key"]) in held], None, None)
+    return train, heldout
+
+
 def _build_rm(rspec: world.ToyRewardModel, tok, items, candidates: list[dict], preset: world.Preset,
               world_seed: int, seed: int, folder: Path):
     """A reward model trained on corruption pairs of every item and on real candidate pairs of the items it may
     see; measured on held-out items' real candidate pairs (and on fresh corruption pairs). `base_lm_judge_accuracy`:
     its language model's own ordering of those pairs by likelihood, before the head is trained (what it knows)."""
     rng = random.Random(seed)
-    held = {(it.domain, it.key) for d in world.DOMAINS for it in items[d] if world.rm_heldout(it, preset, world_seed)}
-    seen = [c for c in candidates if (c["domain"], c["key"]) not in held]
-    clean = world.corruption_pairs(items, rng, n_wrong=2) + world.candidate_pairs(items, seen, rng, per_item=4)
+    clean, heldout_real = rm_pairs(items, candidates, preset, world_seed, rng)
     train = [(c, r) if rng.random() >= rspec.label_noise else (r, c) for c, r in clean]
-    heldout_real = world.candidate_pairs(items, [c for c in candidates if (c["domain"], c["key"]) in held], None, None)
     heldout_synthetic = world.corruption_pairs(items, random.Random(f"heldout-{seed}"), n_wrong=1)
     # the language model it starts from
     base = causal_lm("llama", len(tok), dataclasses.replace(preset, layers=rspec.layers), _special_ids(tok), seed)
