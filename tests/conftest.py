@@ -23,6 +23,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Shards of the session's run, as the toy config sets them (tests iterate over them): generate.shards per model,
+# logits.shards per (mode, model), which the align and fuse stages follow.
+GEN_SHARDS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["generate"]["shards"]
+LOGITS_SHARDS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["logits"]["shards"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 os.environ.setdefault("FUSEPIPE_NO_PROGRESS", "1")

@@ -351,9 +351,11 @@ def _job_stats(out: str) -> dict[str, int]:
             if m.group(1) != "total"}
 
 
-ALL_JOBS = {"toy_world": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8, "logits_inf": 8,
-            "align_links": 12, "align_vocab": 3, "align_project": 12, "align_coverage": 3, "fuse": 12, "train": 6,
-            "merge": 2, "evaluate": 36, "eval_results": 12, "report": 1, "all": 1}  # evaluate: 12 models x 3 suites
+# One shard per (model, mode) in the toy config: generate 4 models, reward 3 RMs, logits 4 models per mode, links and
+# projections 3 pairs x 2 modes, fuse 6 targets; evaluate: 12 models x 3 suites.
+ALL_JOBS = {"toy_world": 1, "data": 1, "generate": 4, "reward": 3, "vote": 1, "logits_gt": 4, "logits_inf": 4,
+            "align_links": 6, "align_vocab": 3, "align_project": 6, "align_coverage": 3, "fuse": 6, "train": 6,
+            "merge": 2, "evaluate": 36, "eval_results": 12, "report": 1, "all": 1}
 
 
 def test_dry_run_ablations_adds_exactly_the_grid_jobs_and_all_is_unchanged(tmp_path):
@@ -365,16 +367,16 @@ def test_dry_run_ablations_adds_exactly_the_grid_jobs_and_all_is_unchanged(tmp_p
     stats = _job_stats(snakemake(root, "ablations", "-n", "--quiet", "rules").stdout)
     # Upstream of the grids: everything `all` builds up to training, less all's report. New: 17 trained targets
     # (vocab 2x3, schedule 5, fusion 3, structure 3), 7 merges, 15 models; each vocab map re-runs
-    # vocab/project/coverage per pair (2 maps x 3 pairs; 2 modes x 2 shards of projections). The tokenizer grid adds
-    # the twin (built, gt logits and aligned: 2 shards), 5 targets (the control's, band, offsets, last, chain; mined
+    # vocab/project/coverage per pair (2 maps x 3 pairs; 2 modes x 1 shard of projections). The tokenizer grid adds
+    # the twin (built, gt logits and aligned: 1 shard), 5 targets (the control's, band, offsets, last, chain; mined
     # and em are the vocab grid's), 4 alignment variants of qwen-arith (band and offsets with their own links),
     # the efficiency job, and needs the SFT baseline's target and results (and the control's).
     assert stats == {
-        "toy_world": 1, "toy_twin": 1, "data": 1, "generate": 8, "reward": 6, "vote": 1, "logits_gt": 8 + 2,
-        "logits_inf": 8, "align_links": 12 + 2, "align_vocab": 3 + 1, "align_project": 12 + 2, "align_coverage": 3,
-        "align_links_variant": 2 * 2 * 2, "align_vocab_variant": 6 + 4, "align_project_variant": 24 + 16,
+        "toy_world": 1, "toy_twin": 1, "data": 1, "generate": 4, "reward": 3, "vote": 1, "logits_gt": 4 + 1,
+        "logits_inf": 4, "align_links": 6 + 1, "align_vocab": 3 + 1, "align_project": 6 + 1, "align_coverage": 3,
+        "align_links_variant": 2 * 2, "align_vocab_variant": 6 + 4, "align_project_variant": 12 + 8,
         "align_coverage_variant": 6 + 4,
-        "fuse": 2 * (4 + 17 + 1 + 5), "train": 4 + 17 + 1 + 5, "merge": 2 + 7, "evaluate": 3 * 29, "eval_results": 29,
+        "fuse": 4 + 17 + 1 + 5, "train": 4 + 17 + 1 + 5, "merge": 2 + 7, "evaluate": 3 * 29, "eval_results": 29,
         "ablation_efficiency": 1,
         "report_ablations": 1, "ablations": 1,
     }

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import LOGITS_SHARDS
 
 from fusepipe import paths
 from fusepipe import pipeline as fppipeline
@@ -25,7 +26,7 @@ from fusepipe.models import load_tokenizer
 
 PIVOT = "llama-pivot"
 SOURCES = ["qwen-arith", "mistral-facts", "gpt2-strings"]
-SHARDS = 2
+SHARDS = LOGITS_SHARDS
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +139,11 @@ def test_project_names_a_missing_links_file(results, cfg, tmp_path):
 
 
 def test_project_refuses_links_of_other_samples(results, cfg):
-    """Links built on shard 0 projected with the source's shard 1: the samples differ, rerun links."""
+    """Links built on the ground truth's shard 0 projected with the source's capture of other samples (its voted
+    responses: what a stale links file after a data edit or a change of shards meets): rerun links."""
     params = fppipeline.stage_slice(cfg, "align", "qwen-arith")
     links = paths.align_links(results, PIVOT, "qwen-arith", "gt", 0)
-    other = paths.logits_shard(results, "gt", "qwen-arith", 1)
+    other = paths.logits_shard(results, "inf", "qwen-arith", 0)
     with pytest.raises(ArtifactError) as err:
         stage.run_project(params, "gt", 0, links, other, paths.align_counts(results, PIVOT, "qwen-arith"),
                           paths.align_vocab(results, PIVOT, "qwen-arith"), "/nonexistent/out.parquet")
@@ -161,7 +163,7 @@ def test_align_cli_checks_the_shard(pipeline):
     proc = subprocess.run([sys.executable, "-m", "fusepipe", "align", "--target", "qwen-arith", "--shard", "7"],
                           capture_output=True, text=True, cwd=pipeline, check=False)
     assert proc.returncode == 2
-    assert "Invalid value for --shard: shard 7 out of range: logits.shards is 2" in proc.stderr
+    assert "Invalid value for --shard: shard 7 out of range: logits.shards is 1" in proc.stderr
 
 
 def test_align_cli_names_an_unknown_source(pipeline):

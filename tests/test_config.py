@@ -97,7 +97,6 @@ def test_per_model_slices_hold_only_that_model():
     assert fppipeline.stage_slice(cfg, "reward", "rm-small")["reward_model"]["strength"] == 3
     raw = raw_default()
     raw["models"][1]["max_model_len"] = 256  # qwen-arith only
-    raw["generate"]["shards"] = 2
     edited = fppipeline.load_dict(raw)
     assert fppipeline.slice_json(edited, "generate", "gpt2-strings") == fppipeline.slice_json(cfg, "generate", "gpt2-strings")
     assert fppipeline.slice_json(edited, "generate", "qwen-arith") != fppipeline.slice_json(cfg, "generate", "qwen-arith")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import load_pipeline_config
+from conftest import LOGITS_SHARDS, load_pipeline_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fusepipe import paths
@@ -24,7 +24,7 @@ from fusepipe.engines import Request, Sampling, open_engine
 from fusepipe.fuse.stage import read_targets
 from fusepipe.generate.stage import read_conversations
 
-PIVOT, SOURCES, SHARDS = "llama-pivot", ["qwen-arith", "mistral-facts", "gpt2-strings"], 2
+PIVOT, SOURCES, SHARDS = "llama-pivot", ["qwen-arith", "mistral-facts", "gpt2-strings"], LOGITS_SHARDS
 TARGETS = [("fusechat", s) for s in SOURCES] + [("profuser", "all")]
 
 

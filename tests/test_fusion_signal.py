@@ -17,6 +17,7 @@ import copy
 import numpy as np
 import polars as pl
 import pytest
+from conftest import LOGITS_SHARDS
 
 from fusepipe import paths
 from fusepipe import pipeline as fppipeline
@@ -26,7 +27,7 @@ from fusepipe.logits.store import read_shard
 
 PIVOT = "llama-pivot"
 EXPERTS = {"qwen-arith": "arith", "mistral-facts": "facts", "gpt2-strings": "strings"}
-SHARDS = 2
+SHARDS = LOGITS_SHARDS
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
+from conftest import GEN_SHARDS
 
 from fusepipe import paths
 from fusepipe import pipeline as fppipeline
@@ -22,7 +23,7 @@ from fusepipe.schemas import GENERATION, REWARD, VOTE, check_schema
 
 MODELS = ["llama-pivot", "qwen-arith", "mistral-facts", "gpt2-strings"]
 RMS = ["rm-large", "rm-medium", "rm-small"]
-SHARDS = 2
+SHARDS = GEN_SHARDS
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +142,15 @@ def test_vote_choices_match_a_recount_of_the_scores(results, train, gen):
 
 
 def test_a_rerun_shard_reproduces_its_responses(pipeline, results, tmp_path):
-    """Seeded sampling: the same shard, generated again by hand into another workdir, is identical."""
+    """Seeded sampling: the same shard (the last), generated again by hand into another workdir, is identical."""
     cfg = fppipeline.load(pipeline / "config" / "config.yaml")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.parquet").symlink_to(results / "data" / "train.parquet")
     params = fppipeline.slice_json(cfg, "generate", "gpt2-strings")  # model path relative to the pipeline's folder
     subprocess.run([sys.executable, "-m", "fusepipe", "generate", "--config-json", params, "--workdir", str(tmp_path),
-                    "--target", "gpt2-strings", "--shard", "1"], check=True, capture_output=True, cwd=pipeline)
-    again = pl.read_parquet(paths.gen_shard(tmp_path, "gpt2-strings", 1))
-    first = pl.read_parquet(paths.gen_shard(results, "gpt2-strings", 1))
+                    "--target", "gpt2-strings", "--shard", str(SHARDS - 1)], check=True, capture_output=True, cwd=pipeline)
+    again = pl.read_parquet(paths.gen_shard(tmp_path, "gpt2-strings", SHARDS - 1))
+    first = pl.read_parquet(paths.gen_shard(results, "gpt2-strings", SHARDS - 1))
     assert again.drop("prompt_truncated").equals(first.drop("prompt_truncated"))
 
 

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
+from conftest import LOGITS_SHARDS
 
 from fusepipe import paths
 from fusepipe.artifacts import shard_manifest
@@ -18,7 +19,7 @@ from fusepipe.logits.store import check_shard, read_shard
 from fusepipe.schemas import LOGITS_SCALE
 
 MODELS = ["llama-pivot", "qwen-arith", "mistral-facts", "gpt2-strings"]
-SHARDS = 2
+SHARDS = LOGITS_SHARDS
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import sys
 import polars as pl
 import pyarrow.parquet as pq
 import yaml
-from conftest import copy_pipeline, copy_workflow, snakemake
+from conftest import LOGITS_SHARDS, copy_pipeline, copy_workflow, snakemake
 
+from fusepipe import paths
 from fusepipe.schemas import CONVERSATION, check_schema
 
 
@@ -50,6 +51,27 @@ def test_a_run_ends_with_the_summary_and_the_results(pipeline, tmp_path):
     assert "rule report:" in out and "fusepipe: results" in out
     assert "Results (the headline; Δ against the pivot and SFT), full report: results/report/index.html" in out
     assert (tmp_path / "results" / "report" / "summary.txt").read_text().strip() in out
+
+
+def test_more_logits_shards_give_the_same_fusion_targets(pipeline, tmp_path):
+    """Shards are a partition (prompts by `int(sample_id[:8], 16) % shards`), never a change of what is computed: with
+    one more logits shard than the session's run, a pair's fusion targets (through vLLM's capture, the alignment
+    and the fuse stage) are, row for row, the session's. The toy config runs one shard; this keeps the scatter and
+    the gather of several under test."""
+    root = copy_pipeline(pipeline, tmp_path)
+    cfg_path = root / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    shards = cfg["logits"]["shards"] = LOGITS_SHARDS + 1
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    targets = [paths.targets_shard("results", "fusechat", "qwen-arith", i) for i in range(shards)]
+    snakemake(root, *targets)
+    parts = [pl.read_parquet(root / t) for t in targets]
+    assert all(part.height for part in parts)
+    ids = [set(part["sample_id"]) for part in parts]
+    assert sum(map(len, ids)) == len(set().union(*ids))
+    session = [paths.targets_shard(pipeline / "results", "fusechat", "qwen-arith", i) for i in range(LOGITS_SHARDS)]
+    key = ["sample_id", "mode"]
+    assert pl.concat(parts).sort(key).equals(pl.concat([pl.read_parquet(t) for t in session]).sort(key))
 
 
 def test_editing_one_stage_reruns_only_that_stage(pipeline, tmp_path):

@@ -60,9 +60,9 @@ def test_logits_inf_names_a_winner_without_its_response(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["generate", "--target", "qwen-arith", "--shard", "7"], "shard 7 out of range: the config has 2 shard(s)"),
+    (["generate", "--target", "qwen-arith", "--shard", "7"], "shard 7 out of range: the config has 1 shard(s)"),
     (["logits", "--mode", "gt", "--target", "qwen-arith", "--shard", "9"],
-     "shard 9 out of range: logits.shards is 2"),
+     "shard 9 out of range: logits.shards is 1"),
     (["generate", "--config-json", "{}"], "--workdir is required together with --config-json"),
     (["toy_world", "--cpus", "0"], "Invalid value for '--cpus': 0 is not in the range x>=1"),
 ])

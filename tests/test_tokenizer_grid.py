@@ -22,7 +22,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import copy_pipeline, snakemake
+from conftest import LOGITS_SHARDS, copy_pipeline, snakemake
 
 from fusepipe import paths
 from fusepipe.align.stage import read_aligned
@@ -47,9 +47,9 @@ def grid_run(pipeline, tmp_path_factory):
 
 def test_the_controls_alignment_is_the_identity(grid_run):
     results = grid_run / "results"
-    shards = [paths.align_shard(results, PIVOT, CONTROL, "gt", i) for i in range(2)]
+    shards = [paths.align_shard(results, PIVOT, CONTROL, "gt", i) for i in range(LOGITS_SHARDS)]
     aligned = {r["sample_id"]: r for s in shards for r in read_aligned(s).to_pylist()}
-    own = {s.sample_id: s for i in range(2) for s in read_shard(paths.logits_shard(results, "gt", CONTROL, i))}
+    own = {s.sample_id: s for i in range(LOGITS_SHARDS) for s in read_shard(paths.logits_shard(results, "gt", CONTROL, i))}
     assert set(aligned) == set(own)
     valid = hit = total = 0
     for sid, row in aligned.items():

@@ -183,7 +183,7 @@ def test_transfer_names_a_teacher_built_on_other_tokens(results, cfg):
 
     pivot = fppipeline.stage_slice(cfg, "evaluate", "train.sft.sft/transfer")["pivot_model"]
     examples = transfer.examples_from_data(paths.data(results, "train"), pivot, "truncate", 3)
-    shards = [paths.align_shard(results, "llama-pivot", "qwen-arith", "gt", i) for i in range(2)]
+    shards = [paths.align_shard(results, "llama-pivot", "qwen-arith", "gt", i) for i in range(cfg.logits.shards)]
     teachers = transfer.teacher_rows(shards, {e.key for e in examples})
     first = examples[0].key
     teachers[first] = {**teachers[first], "token_ids": teachers[first]["token_ids"] + 1}

@@ -95,7 +95,7 @@ def test_pairwise_vote_uses_the_pairs_own_vote(cfg, tmp_path):
     t, manifest = fuse(cfg, tmp_path, "pf-pair/qwen-arith")
     inf = t.filter(pl.col("mode") == "inf")
     votes = pl.read_parquet(paths.vote_choices(cfg.workdir)).filter(pl.col("subset") == f"{PIVOT}~qwen-arith")
-    shard0 = votes.filter(pl.col("sample_id").map_elements(lambda s: paths.shard_of(s, 2) == 0,
+    shard0 = votes.filter(pl.col("sample_id").map_elements(lambda s: paths.shard_of(s, cfg.logits.shards) == 0,
                                                          return_dtype=pl.Boolean))
     assert len(inf) == len(shard0) and set(inf["model"]) <= {PIVOT, "qwen-arith"}
     assert manifest["inf_skipped_not_member"] == 0
