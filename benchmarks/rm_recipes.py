@@ -27,7 +27,7 @@ from transformers import AutoTokenizer
 
 from fusepipe.toy import world
 from fusepipe.toy.models import reward_model
-from fusepipe.toy.stage import _build_rm, rm_pairs
+from fusepipe.toy.stage import _build_rm, _special_ids, rm_pairs
 from fusepipe.toy.tasks import all_items
 from fusepipe.toy.train import encode_pairs, train_rm
 
@@ -73,11 +73,10 @@ def time_batching(rspec, tok, items, candidates, preset, seed: int, steps: int =
     the label noise), grouped vs random batches, alternating `rounds` times; prints the median ratio."""
     pairs, _ = rm_pairs(items, candidates, preset, seed, random.Random(seed))
     enc = encode_pairs(tok, pairs, rspec.name)
-    special = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
     per_step: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(rounds):
         for grouped in (True, False):
-            model = reward_model(len(tok), dataclasses.replace(preset, layers=rspec.layers), rspec.layers, special, 0)
+            model = reward_model(len(tok), preset, rspec.layers, _special_ids(tok), 0)
             t0 = time.perf_counter()
             train_rm(model, enc, tok.pad_token_id, steps, preset.batch, preset.rm_lr, 0, grouped=grouped)
             per_step[grouped].append((time.perf_counter() - t0) / steps)

@@ -25,8 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # Shards of the session's run, as the toy config sets them (tests iterate over them): generate.shards per model,
 # logits.shards per (mode, model), which the align and fuse stages follow.
-GEN_SHARDS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["generate"]["shards"]
-LOGITS_SHARDS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["logits"]["shards"]
+_TOY_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+GEN_SHARDS, LOGITS_SHARDS = _TOY_CONFIG["generate"]["shards"], _TOY_CONFIG["logits"]["shards"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 os.environ.setdefault("FUSEPIPE_NO_PROGRESS", "1")
