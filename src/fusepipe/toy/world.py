@@ -140,8 +140,11 @@ def models() -> tuple[ToyModel, ...]:
     return MODELS
 
 
+# rm-large reads the Llama family's vocabulary: with it, the same recipe orders held-out real answers .85-.88 of the
+# time against .68-.70 with Qwen's (2 seeds; cutting the template's trailing newline does not close the gap), for
+# less build time, as its sequences are shorter (benchmarks/RESULTS.md, "Toy reward models on real candidates").
 REWARD_MODELS: tuple[ToyRewardModel, ...] = (
-    ToyRewardModel("rm-large", "qwen-arith", strength=1, label_noise=0.0, layers=2, steps_scale=3.0, knows=1.0),
+    ToyRewardModel("rm-large", "llama-pivot", strength=1, label_noise=0.0, layers=2, steps_scale=4.5, knows=1.0),
     ToyRewardModel("rm-medium", "llama-pivot", strength=2, label_noise=0.15, layers=2, steps_scale=1.5, knows=0.6),
     ToyRewardModel("rm-small", "mistral-facts", strength=3, label_noise=0.3, layers=1, steps_scale=0.6, knows=0.3,
                    base_scale=0.5),
