@@ -76,12 +76,13 @@ def test_reward_models_judge_real_answers_and_are_of_clearly_different_strength(
     """Measured on held-out items' pairs of the toy models' own sampled answers (one right, one wrong)."""
     rms = manifest["reward_models"]
     real = {k: v["real_pair_accuracy"] for k, v in rms.items()}
-    # measured (2 seeds, 2026-12-06): large .68 / .70, medium .60 / .58, small .53 / .47; the same seed built on
-    # another machine moved rm-large by up to .1 (benchmarks/RESULTS.md), hence the margins
-    assert real["rm-large"] > real["rm-medium"], real
-    assert real["rm-large"] > real["rm-small"] + 0.05, real
-    assert real["rm-large"] >= 0.6, real
-    # what the reward model's own language model knows: ordering the pairs by likelihood (.90 / .86 for rm-large)
+    # measured (2 seeds, 2026-12-06, rm-large on the Llama tokenizer): large .85 / .88, medium .60 / .58, small
+    # .53 / .47; the same seed built on another machine once moved rm-large by up to .1 (benchmarks/RESULTS.md),
+    # hence the margins
+    assert real["rm-large"] > real["rm-medium"] + 0.1, real
+    assert real["rm-large"] > real["rm-small"] + 0.1, real
+    assert real["rm-large"] >= 0.75, real
+    # what the reward model's own language model knows: ordering the pairs by likelihood (.92 / .88 for rm-large)
     assert rms["rm-large"]["base_lm_judge_accuracy"] >= 0.75, rms["rm-large"]
     assert all(v["heldout_real_pairs"] >= 50 for v in rms.values()), rms
     assert {v["strength"] for v in rms.values()} == {1, 2, 3}
