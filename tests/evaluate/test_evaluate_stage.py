@@ -128,6 +128,24 @@ def test_report_matches_the_evaluations(results):
     assert "What fusion moved" in (results / "report" / "summary.txt").read_text()
 
 
+def test_the_report_says_whether_each_papers_claim_holds(results):
+    """One claim per trained or merged model of the run (whatever the toy models happen to learn): each pairwise
+    target on its source's own domain, the unified targets and the merges on the mean, each with a verdict."""
+    report = json.loads((results / "report" / "_manifest.json").read_text())
+    claims = {(c["model"], c["claim"]): c for c in report["claims"]}
+    for source, domain in (("qwen-arith", "arith"), ("mistral-facts", "facts"), ("gpt2-strings", "strings")):
+        assert claims[(f"train.fusechat.{source}", "> SFT")]["on"] == f"{domain} (its source's)"
+    assert claims[("merge.fusechat.sce", "> llama-pivot")]["on"] == "mean"
+    assert {"train.profuser.all", "train.udf.all", "merge.fusechat.rsaf"} <= {m for m, _ in claims}
+    assert {c["verdict"] for c in claims.values()} <= {"holds", "tie", "reversed"}
+    n = {t.removeprefix("fusepipe_toy_"): m["n"] for t, m in json.loads(
+        (results / "eval" / "train.sft.sft" / "toy.json").read_text())["tasks"].items()}
+    for c in claims.values():  # paired over every item of the domain, or of all domains
+        assert int(c["n"]) == (n[c["on"].split()[0]] if "its source" in c["on"] else sum(n.values())), c
+    page = (results / "report" / "index.html").read_text()
+    assert page.index("<table class='headline'>") < page.index("<h2>Does fusion beat SFT?</h2>")
+
+
 SOURCES = ("gpt2-strings", "mistral-facts", "qwen-arith")
 
 

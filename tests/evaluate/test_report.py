@@ -228,3 +228,85 @@ def test_seeds_names_a_run_without_results(tmp_path):
     assert f"{tmp_path / 'empty'}: no eval/*/results.json; run `snakemake all` there first" in result.output
     result = CliRunner().invoke(cli, ["seeds", str(a)])
     assert result.exit_code == 2 and "give two or more workdirs" in result.output
+
+
+def _claims_run(tmp_path, correct: dict[str, list[int]], with_items: bool = True, toy_manifest: bool = True):
+    """eval/ of a run with 2 domains × 4 items: per model, the items' correctness (a: items 0-3, b: items 4-7)."""
+    abouts = {"piv": {"kind": "pivot"}, "src": {"kind": "source"},
+              "train.sft.sft": {"kind": "train", "recipe_kind": "sft", "target": "sft"},
+              "train.fc.src": {"kind": "train", "recipe_kind": "fusechat", "target": "src"},
+              "train.pf.all": {"kind": "train", "recipe_kind": "profuser", "target": "all"},
+              "merge.fc.sce": {"kind": "merge", "recipe": "fc", "method": "sce"}}
+    paths = []
+    for model, about in abouts.items():
+        c = correct[model]
+        acc = {"toy_a": sum(c[:4]) / 4, "toy_b": sum(c[4:]) / 4}
+        p = tmp_path / "eval" / model / "results.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps({"model": model, "about": about, "metrics": acc, "suites": {"toy": acc}}))
+        examples = [{"domain": "a" if i < 4 else "b", "prompt": f"q{i}", "correct": bool(x)} for i, x in enumerate(c)]
+        (p.parent / "toy.json").write_text(json.dumps({"model": model, "kind": "toy", "metrics": acc, "tasks": {
+            f"fusepipe_toy_{d}": {"acc,none": acc[f"toy_{d}"], "n": 4} for d in "ab"},
+            **({"examples": examples} if with_items else {})}))
+        paths.append(p)
+    if toy_manifest:
+        (tmp_path / "toy").mkdir()
+        (tmp_path / "toy" / "_manifest.json").write_text(json.dumps({"models": {
+            "src": {"strong_domain": "b"}, "piv": {"strong_domain": None}}}))
+    return stage.run({"pivot": "piv"}, tmp_path, paths, tmp_path / "report")
+
+
+CORRECT = {"piv": [0, 0, 0, 0, 0, 0, 0, 0], "src": [0, 0, 0, 0, 1, 1, 1, 1],
+           "train.sft.sft": [1, 1, 0, 0, 0, 0, 0, 0], "train.fc.src": [1, 1, 0, 0, 1, 1, 1, 1],
+           "train.pf.all": [1, 0, 0, 0, 0, 0, 0, 0], "merge.fc.sce": [0, 1, 1, 0, 1, 0, 0, 0]}
+
+
+def test_claims_are_paired_differences_over_the_same_items(tmp_path):
+    """Each trained or merged model against SFT (and a merge against the pivot), over the same items: a pairwise
+    target on its source's own domain (the toy manifest's strong_domain), the rest on the pooled items."""
+    import math
+
+    from fusepipe.report import claims
+
+    done = _claims_run(tmp_path, CORRECT)
+    rows = {(r["model"], r["claim"]): r for r in json.loads((tmp_path / "report" / "_manifest.json").read_text())[
+        "claims"]}
+    assert list(rows) == [("train.fc.src", "> SFT"), ("train.pf.all", "> SFT"), ("merge.fc.sce", "> piv"),
+                          ("merge.fc.sce", "> SFT")]
+    own = rows[("train.fc.src", "> SFT")]  # domain b: 4 of 4 against 0 of 4, every difference 1: no spread
+    assert (own["on"], own["Δ"], own["95 % interval"], own["n"], own["verdict"]) == (
+        "b (its source's)", "+1.000", "[+1.000, +1.000]", "4", "holds")
+    d = [-1, 0, 1, 0, 1, 0, 0, 0]  # merge - SFT, item by item
+    mean = sum(d) / 8
+    half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in d) / 7 / 8)
+    assert rows[("merge.fc.sce", "> SFT")]["95 % interval"] == f"[{mean - half:+.3f}, {mean + half:+.3f}]"
+    assert rows[("merge.fc.sce", "> SFT")]["verdict"] == "tie"
+    assert rows[("train.pf.all", "> SFT")]["Δ"] == "-0.125"
+    assert claims.verdict(-0.2, 0.1) == "reversed" and claims.verdict(0.2, 0.1) == "holds"
+    summary = done["summary"].splitlines()
+    at = summary.index("Does fusion beat SFT? The papers' claims on this run")
+    assert summary[at + 1].split()[:3] == ["model", "claim", "on"]
+    assert summary[at + 2].split() == ["train.fc.src", ">", "SFT", "b", "(its", "source's)", "+1.000", "[+1.000,",
+                                       "+1.000]", "4", "holds"]
+    assert "<h2>Does fusion beat SFT?</h2>" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_claims_without_item_records_are_unpaired_and_without_sft_absent(tmp_path):
+    """No per-item records: the unpaired interval from the accuracies and item counts; a pairwise target whose
+    source's domain the run does not know is judged on the mean; a run without SFT has no claims table."""
+    import math
+
+    done = _claims_run(tmp_path / "unpaired", CORRECT, with_items=False, toy_manifest=False)
+    rows = {(r["model"], r["claim"]): r for r in json.loads(
+        (tmp_path / "unpaired" / "report" / "_manifest.json").read_text())["claims"]}
+    p1, p2 = 6 / 8, 2 / 8
+    half = 1.96 * math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / 8)
+    fc = rows[("train.fc.src", "> SFT")]
+    assert (fc["on"], fc["Δ"], fc["95 % interval"], fc["n"]) == ("mean", "+0.500",
+                                                                f"[{0.5 - half:+.3f}, {0.5 + half:+.3f}]", "8")
+    assert "Does fusion beat SFT?" in done["summary"]
+    _claims_run(tmp_path / "no_sft", CORRECT)
+    kept = [p for p in (tmp_path / "no_sft" / "eval").glob("*/results.json") if p.parent.name != "train.sft.sft"]
+    again = stage.run({"pivot": "piv"}, tmp_path / "no_sft", kept, tmp_path / "no_sft" / "report2")
+    assert "Does fusion beat SFT?" not in again["summary"]
+    assert json.loads((tmp_path / "no_sft" / "report2" / "_manifest.json").read_text())["claims"] == []

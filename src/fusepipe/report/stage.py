@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fusepipe.artifacts import MANIFEST, write_json
-from fusepipe.report import headline, prompt_set, transfer
+from fusepipe.report import claims, headline, prompt_set, transfer
 
 log = logging.getLogger("fusepipe.report")
 
@@ -74,10 +74,15 @@ def text_table(metrics: list[str], rows: list[dict[str, Any]], width: int = 120)
 
 def summary_text(domains: list[str], head: list[dict[str, Any]], metrics: list[str], rows: list[dict[str, Any]],
                  pivot: str, sft: str | None, moved: tuple[list[str], list[list[Any]]] = ([], []),
-                 sources: tuple[list[str], list[list[str]]] = ([], [])) -> str:
-    """summary.txt: the headline table and its legend, where the accuracy comes from (a run with a prompt set),
-    what fusion moved (the transfer suite), then the other metrics (judge win rate, RM scores, ...)."""
+                 sources: tuple[list[str], list[list[str]]] = ([], []),
+                 claimed: tuple[list[str], list[list[str]]] = ([], [])) -> str:
+    """summary.txt: the headline table and its legend, whether the papers' claims hold (a run with SFT), where the
+    accuracy comes from (a run with a prompt set), what fusion moved (the transfer suite), then the other metrics
+    (judge win rate, RM scores, ...)."""
     out = ["Headline: accuracy per domain and their mean (±95 % interval), Δ of the mean", headline.text(domains, head, sft), headline.legend(domains, head, pivot, sft)]
+    if claimed[1]:
+        out += ["", "Does fusion beat SFT? The papers' claims on this run", claims.text(*claimed),
+                textwrap.fill(claims.LEGEND, 120)]
     if sources[1]:
         out += ["", "Where the accuracy comes from: items the data asks without a reference (prompt set) and the rest",
                 prompt_set.text(*sources), textwrap.fill(prompt_set.LEGEND, 120)]
@@ -247,7 +252,9 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
     moved = transfer.table(results, [r["model"] for r in rows])
     sources = prompt_set.table(results, {m: prompt_set.counts(where[m]) for m in results},
                                [r["model"] for r in rows], sft)
-    summary = summary_text(domains, head, metrics, rows, pivot, sft, moved, sources)
+    claimed = claims.table(results, domains, pivot, sft, {m: claims.per_item(where[m]) for m in results}, counts,
+                           claims.expert_domains(workdir), [r["model"] for r in rows])
+    summary = summary_text(domains, head, metrics, rows, pivot, sft, moved, sources, claimed)
     (out_dir / "summary.txt").write_text(summary + "\n")
     import csv
 
@@ -266,6 +273,8 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
              f"<b>{html.escape(pivot)}</b>, SFT baseline: {html.escape(str(sft))}</p>")
     sections = [intro, "<h2>Headline</h2>", headline.html_table(domains, head, sft),
                 f"<p>{html.escape(headline.legend(domains, head, pivot, sft))}</p>",
+                *([("<h2>Does fusion beat SFT?</h2>" + _html_table(*claimed) + f"<p>{html.escape(claims.LEGEND)}</p>")]
+                  if claimed[1] else []),
                 *([("<h2>Where the accuracy comes from</h2>" + _html_table(*sources)
                     + f"<p>{html.escape(prompt_set.LEGEND)}</p>")] if sources[1] else []),
                 *([("<h2>What fusion moved</h2>" + _html_table(*moved) + f"<p>{html.escape(transfer.LEGEND)}</p>")]
@@ -311,6 +320,7 @@ def run(params: dict[str, Any], workdir: str | Path, result_paths: list[str | Pa
                                         + "\n".join(sections) + "</body></html>")
     write_json({"stage": "report", "models": list(results), "metrics": metrics, "plots": made,
                 "headline": headline.columns(domains, sft), "item_counts": counts,
+                "claims": [dict(zip(claimed[0], r, strict=True)) for r in claimed[1]],
                 "timings_s": {}}, out_dir / MANIFEST)
     log.info("report: %s (%d models, %d plots)", out_dir / "index.html", len(results), len(made))
     return {"summary": summary, "rows": rows, "headline": head, "plots": made}
