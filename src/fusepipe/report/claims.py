@@ -24,8 +24,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fusepipe.recipes import SFT_TARGET
 from fusepipe.report.headline import Z95
+
+SFT_TARGET = "sft"  # recipes.SFT_TARGET (the report reads artifacts; it does not import the recipes layer)
 
 HEADER = ["model", "claim", "on", "Δ", "95 % interval", "n", "verdict"]
 LEGEND = ("The papers' claims on this run: a pairwise target beats SFT on its source's own domain (FuseChat), a merge "
