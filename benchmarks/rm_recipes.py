@@ -4,9 +4,9 @@ Rebuilds one reward model of a built toy world with its preference steps scaled 
 `rm_steps`), everything else as `toy_world` builds it (the same seed, pairs and language-model base), and prints
 per scale its accuracy on the held-out items' real candidate pairs (overall and per domain), the build time, and
 both as ratios against the world's own recipe. `--tokenizers` repeats that on other toy models' tokenizers (and
-chat templates): the same pairs and recipe, only the vocabulary the reward model reads them in changes. The first row also prints the base language model's own accuracy
-as a likelihood judge on the same pairs (Σ log p(chosen) > Σ log p(rejected), no head): what the reward model
-could know. `--batching` first times Bradley–Terry steps with length-grouped batches (the world's) against random
+chat templates): the same pairs and recipe, only the vocabulary the reward model reads them in changes. The first
+row also prints the base language model's own accuracy as a likelihood judge on the same pairs
+(Σ log p(chosen) > Σ log p(rejected), no head): what the reward model could know. `--batching` first times Bradley–Terry steps with length-grouped batches (the world's) against random
 ones (the earlier recipe) on the same pairs, alternating, and prints the median ratio.
 
     python benchmarks/rm_recipes.py results/toy [--rm rm-large] [--scales 3 6 9 12] [--batching]

@@ -26,8 +26,6 @@ from typing import Any
 
 from fusepipe.report.headline import Z95
 
-SFT_TARGET = "sft"  # recipes.SFT_TARGET (the report reads artifacts; it does not import the recipes layer)
-
 HEADER = ["model", "claim", "on", "Δ", "95 % interval", "n", "verdict"]
 LEGEND = ("The papers' claims on this run: a pairwise target beats SFT on its source's own domain (FuseChat), a merge "
           "beats the pivot and SFT on the mean (FuseChat SCE, InfiFusion RSAF), a unified target beats SFT on the mean "
@@ -115,16 +113,7 @@ def table(results: dict[str, dict[str, Any]], domains: list[str], pivot: str, sf
         elif kind == "merge":
             row(model, pivot, domains, "mean")
             row(model, sft, domains, "mean")
-        elif kind == "train" and target != SFT_TARGET and about.get("recipe_kind") != "sft":
+        elif kind == "train" and about.get("recipe_kind") != "sft":
             row(model, sft, domains, "mean")  # a unified target (UNIFIED_TARGET) or another recipe's
     return (HEADER, rows) if rows else ([], [])
 
-
-def text(header: list[str], rows: list[list[str]]) -> str:
-    """The table for a terminal: model, claim and domain left-aligned, the figures right-aligned."""
-    width = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(f"{c:{w}}" if i < 3 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, width)))
-
-    return "\n".join([line(header), *(line(r) for r in rows)])

@@ -57,9 +57,11 @@ LEGEND = ("Toy benchmark accuracy (±95 % Wilson) on the items whose prompt the 
           "only the references (docs/toy_world.md, \"The prompt set\").")
 
 
-def text(header: list[str], rows: list[list[str]]) -> str:
+def text(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """The table for a terminal: the first `left` columns left-aligned, the rest right-aligned."""
     width = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(f"{h:{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(header, width)))]
-    lines += ["  ".join(f"{c:{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, width)))
-              for r in rows]
-    return "\n".join(lines)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(f"{c:{w}}" if i < left else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, width)))
+
+    return "\n".join([line(header), *(line(r) for r in rows)])

@@ -81,7 +81,7 @@ def summary_text(domains: list[str], head: list[dict[str, Any]], metrics: list[s
     (judge win rate, RM scores, ...)."""
     out = ["Headline: accuracy per domain and their mean (±95 % interval), Δ of the mean", headline.text(domains, head, sft), headline.legend(domains, head, pivot, sft)]
     if claimed[1]:
-        out += ["", "Does fusion beat SFT? The papers' claims on this run", claims.text(*claimed),
+        out += ["", "Does fusion beat SFT? The papers' claims on this run", prompt_set.text(*claimed, left=3),
                 textwrap.fill(claims.LEGEND, 120)]
     if sources[1]:
         out += ["", "Where the accuracy comes from: items the data asks without a reference (prompt set) and the rest",
